@@ -1,0 +1,1 @@
+"""One module per CLI verb. Modules import only light things at top level."""

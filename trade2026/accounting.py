@@ -48,8 +48,10 @@ class Accounting:
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str, str]] = Counter()
         self._reasons: Counter[tuple[str, str]] = Counter()
+        self._problems: Counter[tuple[str, str, str]] = Counter()
         self._prom: PromCounter | None = None
         self._prom_reasons: PromCounter | None = None
+        self._prom_problems: PromCounter | None = None
         if registry is not None:
             self._prom = PromCounter(
                 "trade2026_stage_records",
@@ -61,6 +63,12 @@ class Accounting:
                 "trade2026_dead_letters",
                 "Dead-lettered records per stage and reason code.",
                 ["stage", "reason"],
+                registry=registry,
+            )
+            self._prom_problems = PromCounter(
+                "trade2026_sequence_problems",
+                "Sequence gaps and out-of-order events per stage, instrument and problem.",
+                ["stage", "instrument", "problem"],
                 registry=registry,
             )
 
@@ -83,6 +91,24 @@ class Accounting:
         if self._prom_reasons is not None:
             for reason, n in tally.items():
                 self._prom_reasons.labels(stage, reason).inc(n)
+
+    def add_problems(self, stage: str, problems: Iterable[tuple[str, str]]) -> None:
+        """Count ``(instrument, problem)`` pairs such as sequence gaps (not records lost)."""
+        tally = Counter(problems)
+        with self._lock:
+            for (instrument, problem), n in tally.items():
+                self._problems[(stage, instrument, problem)] += n
+        if self._prom_problems is not None:
+            for (instrument, problem), n in tally.items():
+                self._prom_problems.labels(stage, instrument, problem).inc(n)
+
+    def problems(self, stage: str) -> dict[str, int]:
+        totals: Counter[str] = Counter()
+        with self._lock:
+            for (st, _inst, problem), n in self._problems.items():
+                if st == stage:
+                    totals[problem] += n
+        return dict(sorted(totals.items()))
 
     def stage(self, stage: str, instrument: str | None = None) -> StageCount:
         """Totals for a stage, over all instruments or for one."""

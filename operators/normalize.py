@@ -119,7 +119,10 @@ def _price(value: Decimal, field: str, inst: str | None) -> Decimal:
 def _size(value: Decimal, field: str, inst: str | None, *, allow_zero: bool) -> Decimal:
     if not value.is_finite():
         raise _Invalid(Reason.NON_FINITE, f"{field}={value} is not finite", inst)
-    if value < _ZERO or (value == _ZERO and not allow_zero):
+    if value <= _ZERO:
+        if value == _ZERO and allow_zero:
+            # "0.00000000" would encode as "0E-8"; a plain "0" is kinder to consumers.
+            return _ZERO
         bound = "non-negative" if allow_zero else "positive"
         raise _Invalid(Reason.INVALID_QUANTITY, f"{field}={value} must be {bound}", inst)
     return value

@@ -1,0 +1,62 @@
+"""``trade2026 <verb>``: the command line.
+
+Exit codes mean the same thing for every verb:
+
+=====  ==========================================================
+0      success
+1      the command ran and found a problem (a check failed, a key is absent)
+2      usage error (bad flags or arguments)
+3      bad input (a missing, corrupt or unparseable file)
+4      a service could not be reached (NATS, QuestDB, ...)
+5      a run failed for another reason (see the message)
+=====  ==========================================================
+
+Every verb module keeps heavy imports inside its functions so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from trade2026 import __version__
+from trade2026.commands.bench import bench_command
+from trade2026.commands.demo import demo_command
+from trade2026.commands.replay import replay_command
+from trade2026.commands.run import run_command
+from trade2026.commands.schema import schema_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="trade2026")
+@click.option(
+    "--log-level",
+    envvar="TRADE2026_LOG_LEVEL",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Log level (env TRADE2026_LOG_LEVEL).",
+)
+def main(log_level: str) -> None:
+    """Trade2026: a trading firm's real-time data path as Bytewax dataflows over NATS.
+
+    Environment: NATS_URL (default nats://127.0.0.1:4222), NATS_USER/NATS_PASSWORD,
+    NATS_TOKEN, NATS_CREDS, NATS_NKEY_SEED, NATS_TLS_CA, TRADE2026_INSTRUMENTS.
+    """
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+main.add_command(run_command)
+main.add_command(demo_command)
+main.add_command(replay_command)
+main.add_command(bench_command)
+main.add_command(schema_command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

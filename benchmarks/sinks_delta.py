@@ -1,0 +1,126 @@
+"""Delta sink and replay throughput.
+
+- write: decoded canonical ticks (2/3 trades, 1/3 quotes) -> TickTableWriter, in
+  batches of ``--batch`` rows (one commit per kind per batch), ticks/s; target >= 100k/s;
+- replay (frames): DeltaReplaySource(output="frames") through a trivial Bytewax flow
+  that counts rows, ticks/s; target >= 1M/s;
+- replay (ticks): the same, materialising canonical Tick structs with exact Decimals.
+
+Writes ``benchmarks/results/sinks_delta.json`` and prints a table. One run, medians of
+``--repeat`` repetitions. Usage: ``python -m benchmarks.sinks_delta --ticks 200000``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import click
+
+RESULTS = Path(__file__).resolve().parent / "results"
+T0 = 1_714_521_600 * 10**9
+
+
+def make_ticks(n: int) -> list[Any]:
+    from schemas.canonical import Quote, TradeTick
+    from schemas.common import Aggressor
+    from sinks.delta import Stamped
+
+    out: list[Any] = []
+    for i in range(n):
+        ts = T0 + i * 1_000_000
+        inst = ("BTCUSDT.BINANCE", "ETHUSDT.BINANCE", "SOLUSDT.BINANCE")[i % 3]
+        if i % 3:
+            t: Any = TradeTick(
+                inst, Decimal(65000 + i % 100) / 10, Decimal("0.001"), Aggressor.BUY, str(i), ts, ts
+            )
+        else:
+            t = Quote(
+                inst, Decimal("100.1"), Decimal("2"), Decimal("100.2"), Decimal("3"), i, ts, ts
+            )
+        out.append(Stamped(f"md.ticks.{inst}", i + 1, t))
+    return out
+
+
+def bench_write(ticks: list[Any], batch: int, root: str) -> float:
+    from sinks.delta import DeltaTicksConfig, TickTableWriter
+
+    w = TickTableWriter(DeltaTicksConfig(root=root), kinds=["trade", "quote"])
+    t0 = time.perf_counter()
+    for off in range(0, len(ticks), batch):
+        w.write(ticks[off : off + batch])
+    return len(ticks) / (time.perf_counter() - t0)
+
+
+def bench_replay(root: str, output: str, expect: int) -> float:
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import run_main
+
+    from sources.delta import DeltaReplaySource
+
+    seen = [0]
+    flow = Dataflow("bench_replay")
+    batches = op.input("in", flow, DeltaReplaySource(root, batch_size=100_000, output=output))  # type: ignore[arg-type]
+
+    def count(b: Any) -> None:
+        seen[0] += b.height if output == "frames" else len(b)
+
+    op.inspect("count", batches, lambda _s, b: count(b))
+    t0 = time.perf_counter()
+    run_main(flow)
+    dt = time.perf_counter() - t0
+    assert seen[0] == expect, (seen[0], expect)
+    return expect / dt
+
+
+@click.command()
+@click.option("--ticks", default=200_000, show_default=True)
+@click.option("--batch", default=50_000, show_default=True)
+@click.option("--repeat", default=3, show_default=True)
+def main(ticks: int, batch: int, repeat: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    data = make_ticks(ticks)
+    writes, frames, structs = [], [], []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as root:
+            writes.append(bench_write(data, batch, root))
+            frames.append(bench_replay(root, "frames", ticks))
+            structs.append(bench_replay(root, "ticks", ticks))
+    result = {
+        "benchmark": "sinks_delta",
+        "ticks": ticks,
+        "batch_rows": batch,
+        "repeat": repeat,
+        "python": platform.python_version(),
+        "write_ticks_per_s": statistics.median(writes),
+        "replay_frames_ticks_per_s": statistics.median(frames),
+        "replay_structs_ticks_per_s": statistics.median(structs),
+        "targets": {"write": 100_000, "replay": 1_000_000},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sinks_delta.json").write_text(json.dumps(result, indent=2))
+    table = Table(title=f"Delta sink/replay, {ticks:,} ticks, median of {repeat}")
+    table.add_column("path")
+    table.add_column("ticks/s", justify="right")
+    table.add_column("target", justify="right")
+    table.add_row("decoded ticks -> Delta", f"{result['write_ticks_per_s']:,.0f}", "100,000")
+    table.add_row(
+        "replay, frames (bytewax)", f"{result['replay_frames_ticks_per_s']:,.0f}", "1,000,000"
+    )
+    table.add_row(
+        "replay, Tick structs (bytewax)", f"{result['replay_structs_ticks_per_s']:,.0f}", "-"
+    )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -143,6 +143,10 @@ class OrderEvent(msgspec.Struct, frozen=True, tag_field="kind", tag="order_event
     reason: str | None = None
     detail: str | None = None
     seq: int = 0
+    #: The order's limit price after this event (a replace can change it).
+    price: Price | None = None
+    #: The venue's id for the order, once the venue has acknowledged it.
+    venue_order_id: str | None = None
 
 
 class Fill(msgspec.Struct, frozen=True, tag_field="kind", tag="fill"):

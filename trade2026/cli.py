@@ -23,7 +23,9 @@ import click
 
 from trade2026 import __version__
 from trade2026.commands.bench import bench_command
+from trade2026.commands.delta import delta
 from trade2026.commands.demo import demo_command
+from trade2026.commands.features import features
 from trade2026.commands.replay import replay_command
 from trade2026.commands.run import run_command
 from trade2026.commands.schema import schema_command
@@ -56,6 +58,8 @@ main.add_command(demo_command)
 main.add_command(replay_command)
 main.add_command(bench_command)
 main.add_command(schema_command)
+main.add_command(delta)
+main.add_command(features)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,6 +26,7 @@ from trade2026.commands.bench import bench_command
 from trade2026.commands.delta import delta
 from trade2026.commands.demo import demo_command
 from trade2026.commands.features import features
+from trade2026.commands.quality import quality_command
 from trade2026.commands.replay import replay_command
 from trade2026.commands.run import run_command
 from trade2026.commands.schema import schema_command
@@ -60,6 +61,7 @@ main.add_command(bench_command)
 main.add_command(schema_command)
 main.add_command(delta)
 main.add_command(features)
+main.add_command(quality_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,385 @@
+"""Per-record rules: each stage refuses what it must, with the documented reason code."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+import pytest
+
+from operators.quality.rules import Reason, RulesConfig, build_rule
+from schemas.canonical import (
+    BookDelta,
+    BookLevel,
+    Fill,
+    Order,
+    OrderEvent,
+    Position,
+    Quote,
+    TradeTick,
+)
+from schemas.common import Aggressor, Liquidity, OrderStatus, OrderType, Side, TimeInForce
+from schemas.features import AccountWindow, Bar
+from schemas.instruments import load_instruments
+from schemas.transport import Message
+
+D = Decimal
+T = 1_723_161_300_000_000_000
+BTC = "BTCUSDT.BINANCE"
+KNOWN = load_instruments()
+S = 1_000_000_000
+
+
+def trade(**kw):
+    base = dict(
+        instrument_id=BTC,
+        price=D("61000.10"),
+        size=D("0.5"),
+        aggressor=Aggressor.BUY,
+        trade_id="100",
+        ts_event=T,
+        ts_recv=T + 5_000_000,
+    )
+    return TradeTick(**(base | kw))
+
+
+def quote(**kw):
+    base = dict(
+        instrument_id=BTC,
+        bid_price=D("61000.00"),
+        bid_size=D("1"),
+        ask_price=D("61000.01"),
+        ask_size=D("2"),
+        update_id=10,
+        ts_event=T,
+        ts_recv=T,
+    )
+    return Quote(**(base | kw))
+
+
+def test_real_recorded_ticks_all_pass(btc_ticks, eth_ticks):
+    rule = build_rule("ticks", KNOWN)
+    assert [t for t in btc_ticks + eth_ticks if rule.check(t) is not None] == []
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (trade(instrument_id="NOPE.BINANCE"), Reason.UNKNOWN_INSTRUMENT),
+        (trade(price=D("-1")), Reason.INVALID_PRICE),
+        (trade(price=D("0")), Reason.INVALID_PRICE),
+        (trade(price=D("NaN")), Reason.NON_FINITE),
+        (trade(size=D("0")), Reason.INVALID_QUANTITY),
+        (trade(ts_event=0), Reason.INVALID_TIMESTAMP),
+        (trade(ts_event=T + 10 * S, ts_recv=T), Reason.TIMESTAMP_IN_FUTURE),
+        (trade(trade_id=""), Reason.MISSING_ID),
+        (quote(bid_price=D("61000.02")), Reason.CROSSED_QUOTE),
+        (quote(bid_price=D("61000.01")), Reason.LOCKED_QUOTE),
+        (quote(ask_size=D("-1")), Reason.INVALID_QUANTITY),
+        (quote(bid_price=D("Infinity")), Reason.NON_FINITE),
+        (
+            BookDelta(BTC, [BookLevel(D("1"), D("1"))], [], 9, 5, False, T, T),
+            Reason.INVALID_SEQUENCE,
+        ),
+        (BookDelta(BTC, [BookLevel(D("-1"), D("1"))], [], 1, 5, False, T, T), Reason.INVALID_PRICE),
+        ("not a tick", Reason.SCHEMA_MISMATCH),
+    ],
+)
+def test_bad_ticks_are_refused(record, reason):
+    assert build_rule("ticks", KNOWN).check(record) == reason
+
+
+def test_sequences_never_go_backwards_and_bad_records_do_not_advance_state():
+    rule = build_rule("ticks", KNOWN)
+    assert rule.check(quote(update_id=10)) is None
+    assert rule.check(quote(update_id=9)) == Reason.OUT_OF_ORDER
+    assert rule.check(quote(update_id=10)) is None  # equal: a duplicate, dedup's business
+    assert rule.check(quote(update_id=0)) is None  # 0: venue sends no ids
+    assert rule.check(trade(trade_id="100")) is None
+    assert rule.check(trade(trade_id="100")) == Reason.OUT_OF_ORDER
+    assert rule.check(trade(trade_id="105", price=D("-1"))) == Reason.INVALID_PRICE
+    assert rule.check(trade(trade_id="101")) is None  # the refused 105 did not move the state
+    assert rule.check(BookDelta(BTC, [], [], 1, 5, False, T, T)) is None
+    assert rule.check(BookDelta(BTC, [], [], 5, 8, False, T, T)) == Reason.OUT_OF_ORDER
+    assert rule.check(BookDelta(BTC, [], [], 6, 8, False, T, T)) is None
+    assert rule.check(BookDelta(BTC, [], [], 2, 3, True, T, T)) is None  # a snapshot resets
+    assert rule.check(quote(update_id=5, instrument_id="ETHUSDT.BINANCE")) is None  # per instrument
+
+
+def test_locked_quotes_allowed_by_config():
+    rule = build_rule("ticks", KNOWN, RulesConfig(allow_locked_quotes=True))
+    assert rule.check(quote(bid_price=D("61000.01"))) is None
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(b'{"allow_locked_quotes": true, "typo": 1}', type=RulesConfig)
+
+
+def test_raw_messages():
+    rule = build_rule("raw", KNOWN, RulesConfig(max_payload_bytes=100))
+    ok = Message("md.binance", b'{"stream":"x"}', T, seq=1)
+    assert rule.check(ok) is None
+    assert rule.check(Message("md.binance", b"  ", T, seq=2)) == Reason.EMPTY_PAYLOAD
+    assert rule.check(Message("md.binance", b"{" + b"x" * 200, T, seq=3)) == Reason.OVERSIZED
+    assert rule.check(Message("md.binance", b"<html>", T, seq=4)) == Reason.INVALID_JSON
+    assert rule.check(Message("md.binance", b"{}", 0, seq=5)) == Reason.INVALID_TIMESTAMP
+    assert rule.check(Message("md.binance", b"{}", T, seq=1)) == Reason.OUT_OF_ORDER
+    assert rule.check(Message("md.other", b"{}", T, seq=1)) is None
+
+
+def order(**kw):
+    base = dict(
+        client_order_id="c1",
+        account_id="A",
+        instrument_id=BTC,
+        side=Side.BUY,
+        order_type=OrderType.LIMIT,
+        quantity=D("1"),
+        price=D("60000"),
+    )
+    return Order(**(base | kw))
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (order(), None),
+        (order(order_type=OrderType.MARKET, price=None), None),
+        (order(price=None), Reason.MISSING_PRICE),
+        (order(price=D("-5")), Reason.INVALID_PRICE),
+        (order(quantity=D("0")), Reason.INVALID_QUANTITY),
+        (order(account_id=""), Reason.MISSING_ID),
+        (order(instrument_id="X"), Reason.UNKNOWN_INSTRUMENT),
+        (order(time_in_force=TimeInForce.GTD), Reason.MISSING_EXPIRE_TIME),
+        (
+            order(time_in_force=TimeInForce.GTD, ts_submit=T, expire_time=T - 1),
+            Reason.INVALID_TIMESTAMP,
+        ),
+    ],
+)
+def test_orders(record, reason):
+    assert build_rule("orders", KNOWN).check(record) == reason
+
+
+def event(**kw):
+    base = dict(
+        event="ACCEPTED",
+        status=OrderStatus.ACCEPTED,
+        order_id="o1",
+        client_order_id="c1",
+        account_id="A",
+        instrument_id=BTC,
+        side=Side.BUY,
+        quantity=D("2"),
+        cum_qty=D("0"),
+        leaves_qty=D("2"),
+        avg_px=None,
+        ts_event=T,
+        seq=1,
+    )
+    return OrderEvent(**(base | kw))
+
+
+def test_order_events_lifecycle():
+    rule = build_rule("order_events", KNOWN)
+    assert rule.check(event()) is None
+    assert rule.check(event(seq=1)) == Reason.OUT_OF_ORDER
+    fill1 = dict(
+        event="PARTIALLY_FILLED",
+        status=OrderStatus.PARTIALLY_FILLED,
+        cum_qty=D("1"),
+        leaves_qty=D("1"),
+        avg_px=D("60000"),
+        last_qty=D("1"),
+        last_px=D("60000"),
+    )
+    assert rule.check(event(seq=2, ts_event=T + 1, **fill1)) is None
+    assert (
+        rule.check(event(seq=3, ts_event=T + 2, **(fill1 | {"cum_qty": D("0.5")})))
+        == Reason.CUM_QTY_DECREASED
+    )
+    assert rule.check(event(seq=3, ts_event=T - 5, **fill1)) == Reason.OUT_OF_ORDER
+    done = fill1 | dict(
+        event="FILLED", status=OrderStatus.FILLED, cum_qty=D("2"), leaves_qty=D("0")
+    )
+    assert (
+        rule.check(
+            event(seq=3, ts_event=T + 3, **(done | {"leaves_qty": D("0"), "cum_qty": D("1.5")}))
+        )
+        == Reason.QUANTITY_MISMATCH
+    )
+    assert rule.check(event(seq=3, ts_event=T + 3, **done)) is None
+    assert (
+        rule.check(event(seq=4, ts_event=T + 4, event="CANCELED", status=OrderStatus.CANCELED))
+        == Reason.EVENT_AFTER_TERMINAL
+    )
+    assert rule.check(event(order_id="o2", cum_qty=D("3"))) == Reason.OVERFILL
+    assert (
+        rule.check(event(order_id="o3", cum_qty=D("1"), leaves_qty=D("1.5")))
+        == Reason.QUANTITY_MISMATCH
+    )
+    assert rule.check(event(order_id="o4", avg_px=D("0"))) == Reason.INVALID_PRICE
+
+
+def test_order_event_memory_is_bounded():
+    rule = build_rule("order_events", KNOWN, RulesConfig(max_tracked_orders=2))
+    for oid in ("a", "b", "c"):
+        assert rule.check(event(order_id=oid)) is None
+    assert rule.check(event(order_id="a")) is None  # forgotten: treated as new
+    assert rule.check(event(order_id="c")) == Reason.OUT_OF_ORDER  # remembered
+
+
+def fill(**kw):
+    base = dict(
+        exec_id="e1",
+        order_id="o1",
+        client_order_id="c1",
+        account_id="A",
+        instrument_id=BTC,
+        side=Side.SELL,
+        quantity=D("1"),
+        price=D("60000"),
+        fee=D("-0.01"),
+        fee_currency="USDT",
+        liquidity=Liquidity.MAKER,
+        ts_event=T,
+    )
+    return Fill(**(base | kw))
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (fill(), None),  # a negative fee is a maker rebate
+        (fill(price=D("-1")), Reason.INVALID_PRICE),
+        (fill(quantity=D("0")), Reason.INVALID_QUANTITY),
+        (fill(exec_id=""), Reason.MISSING_ID),
+        (fill(fee=D("NaN")), Reason.NON_FINITE),
+        (fill(fee_currency=""), Reason.MISSING_FIELD),
+        (fill(instrument_id="X"), Reason.UNKNOWN_INSTRUMENT),
+        (fill(ts_event=0), Reason.INVALID_TIMESTAMP),
+    ],
+)
+def test_fills(record, reason):
+    assert build_rule("fills", KNOWN).check(record) == reason
+
+
+def position(**kw):
+    base = dict(
+        account_id="A",
+        instrument_id=BTC,
+        quantity=D("-1"),
+        avg_open_price=D("60000"),
+        realized_pnl=D("0"),
+        unrealized_pnl=D("-3"),
+        mark_price=D("60003"),
+        fees=D("1"),
+        ts_event=T,
+    )
+    return Position(**(base | kw))
+
+
+def test_positions():
+    rule = build_rule("positions", KNOWN)
+    assert rule.check(position()) is None
+    assert rule.check(position(ts_event=T - 1)) == Reason.OUT_OF_ORDER
+    assert rule.check(position(avg_open_price=None, ts_event=T + 1)) == Reason.MISSING_PRICE
+    assert rule.check(position(quantity=D("0"), avg_open_price=None, ts_event=T + 1)) is None
+    assert rule.check(position(mark_price=D("0"), ts_event=T + 2)) == Reason.INVALID_PRICE
+    assert rule.check(position(unrealized_pnl=D("sNaN"), ts_event=T + 2)) == Reason.NON_FINITE
+    assert rule.check(position(instrument_id="X")) == Reason.UNKNOWN_INSTRUMENT
+
+
+def test_alt():
+    rule = build_rule("alt", KNOWN)
+    assert rule.check({"source": "news", "ts_event": T, "value": 0.4}) is None
+    assert rule.check({"source": "news", "ts_event": T - 1, "value": 0.4}) == Reason.OUT_OF_ORDER
+    assert rule.check({"source": "", "ts_event": T}) == Reason.MISSING_FIELD
+    assert rule.check({"source": "news"}) == Reason.MISSING_FIELD
+    assert rule.check({"source": "news", "ts_event": "yesterday"}) == Reason.SCHEMA_MISMATCH
+    assert rule.check({"source": "news", "ts_event": T, "value": float("nan")}) == Reason.NON_FINITE
+    assert (
+        rule.check({"source": "news", "ts_event": T, "instrument_id": "X"})
+        == Reason.UNKNOWN_INSTRUMENT
+    )
+    assert rule.check(["not", "a", "mapping"]) == Reason.SCHEMA_MISMATCH
+
+
+def bar(**kw):
+    base = dict(
+        instrument_id=BTC,
+        width_ns=S,
+        start_ns=T,
+        end_ns=T + S,
+        trade_count=3,
+        volume=D("3"),
+        buy_volume=D("2"),
+        sell_volume=D("1"),
+        notional=D("180000"),
+        open=D("60000"),
+        high=D("60010"),
+        low=D("59990"),
+        close=D("60005"),
+        vwap=60000.0,
+        imbalance=1 / 3,
+        realized_vol=0.0001,
+        quote_count=5,
+        mid_open=D("60000"),
+        mid_close=D("60004"),
+        mid_mean=60002.0,
+        spread_min=D("0.01"),
+        spread_max=D("0.05"),
+        spread_mean=0.02,
+    )
+    return Bar(**(base | kw))
+
+
+def test_features():
+    rule = build_rule("features", KNOWN)
+    assert rule.check(bar()) is None
+    assert rule.check(bar()) == Reason.OUT_OF_ORDER  # the same window twice
+    assert (
+        rule.check(bar(start_ns=T + S, end_ns=T + 2 * S, high=D("59000")))
+        == Reason.INCONSISTENT_OHLC
+    )
+    assert rule.check(bar(start_ns=T + S, end_ns=T + 3 * S)) == Reason.INVALID_WINDOW
+    assert (
+        rule.check(bar(start_ns=T + S, end_ns=T + 2 * S, buy_volume=D("5")))
+        == Reason.QUANTITY_MISMATCH
+    )
+    assert (
+        rule.check(bar(start_ns=T + S, end_ns=T + 2 * S, spread_min=D("-0.01")))
+        == Reason.CROSSED_QUOTE
+    )
+    assert rule.check(bar(start_ns=T + S, end_ns=T + 2 * S, vwap=float("inf"))) == Reason.NON_FINITE
+    assert rule.check(bar(start_ns=T + S, end_ns=T + 2 * S)) is None
+    w = AccountWindow(
+        account_id="A",
+        width_ns=S,
+        start_ns=T,
+        end_ns=T + S,
+        fill_count=1,
+        turnover=D("1"),
+        fees=D("0"),
+        position_updates=0,
+        **_account_extra(),
+    )
+    assert rule.check(w) is None
+    assert rule.check(w) == Reason.OUT_OF_ORDER
+
+
+def _account_extra() -> dict:
+    fields = set(AccountWindow.__struct_fields__) - {
+        "account_id",
+        "width_ns",
+        "start_ns",
+        "end_ns",
+        "fill_count",
+        "turnover",
+        "fees",
+        "position_updates",
+    }
+    return {f: D("0") for f in fields}
+
+
+def test_unknown_stage_names_the_stages():
+    with pytest.raises(ValueError, match="ticks"):
+        build_rule("nope", KNOWN)

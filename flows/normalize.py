@@ -2,9 +2,9 @@
 
 Shape::
 
-    raw --decode (stateless, batched)--+--> dead letters --> dlq.normalize
-                                       +--> key by instrument --> sequence (stateful)
-                                                 --> md.ticks.<instrument> / md.gaps.<instrument>
+    raw --decode (stateless, batched; emits (instrument, tick) or ("", dead letter))
+        --> sequence (stateful per instrument; dead letters pass straight through)
+        --> md.ticks.<instrument> / md.gaps.<instrument> / dlq.normalize
 
 Decoding happens before the keyed exchange, so it spreads over every worker; only
 deduplication and gap detection need the per-instrument state. All outputs are
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import TypeGuard
 
 import bytewax.operators as op
 import msgspec
@@ -46,38 +45,48 @@ from trade2026.accounting import (
     Accounting,
 )
 
+#: The key dead letters travel under: they bypass sequencing, so any one worker will do.
+_DEAD_LETTER_KEY = ""
+
 
 class _Decode:
-    """Batch decoder with exact in/dead-letter accounting per instrument."""
+    """Batch decoder emitting ``(key, value)`` pairs, with exact in/dead-letter accounting.
+
+    Emitting keyed pairs straight away (ticks under their instrument, dead letters under
+    one fixed key) spares Bytewax a branch and a key step per message on the hot path.
+    """
 
     def __init__(self, decoder: TickDecoder, accounting: Accounting) -> None:
         self._decoder = decoder
         self._accounting = accounting
         self._encode = msgspec.json.Encoder().encode
 
-    def __call__(self, batch: list[Message]) -> list[Tick | Outgoing]:
+    def __call__(self, batch: list[Message]) -> list[tuple[str, Tick | Outgoing]]:
         decode = self._decoder.decode
-        out: list[Tick | Outgoing] = []
-        counts: Counter[tuple[str, str]] = Counter()
+        out: list[tuple[str, Tick | Outgoing]] = []
+        seen: Counter[str] = Counter()
+        dead: Counter[str] = Counter()
         reasons: list[str] = []
         for msg in batch:
             rec = decode(msg)
             if isinstance(rec, DeadLetter):
-                inst = rec.instrument_id or UNKNOWN_INSTRUMENT
-                counts[(inst, IN)] += 1
-                counts[(inst, DEAD_LETTERED)] += 1
+                dead[rec.instrument_id or UNKNOWN_INSTRUMENT] += 1
                 reasons.append(rec.reason)
-                out.append(Outgoing(DLQ_SUBJECT, self._encode(rec)))
+                out.append((_DEAD_LETTER_KEY, Outgoing(DLQ_SUBJECT, self._encode(rec))))
             else:
-                counts[(rec.instrument_id, IN)] += 1
-                out.append(rec)
+                seen[rec.instrument_id] += 1
+                out.append((rec.instrument_id, rec))
+        counts = {(inst, IN): n for inst, n in seen.items()}
+        for inst, n in dead.items():
+            counts[(inst, IN)] = counts.get((inst, IN), 0) + n
+            counts[(inst, DEAD_LETTERED)] = n
         self._accounting.add(STAGE, counts)
         if reasons:
             self._accounting.add_reasons(STAGE, reasons)
         return out
 
 
-class _SequenceLogic(StatefulBatchLogic[Tick, Outgoing, SequencerState]):
+class _SequenceLogic(StatefulBatchLogic[Tick | Outgoing, Outgoing, SequencerState]):
     """Bytewax's builder is not told the key, so the instrument comes from the first tick."""
 
     def __init__(
@@ -87,7 +96,7 @@ class _SequenceLogic(StatefulBatchLogic[Tick, Outgoing, SequencerState]):
         self._accounting = accounting
         self._encode = msgspec.json.Encoder().encode
         self._seq: TickSequencer | None = None
-        if state is not None:
+        if state is not None and state.instrument_id:
             self._bind(state.instrument_id, state)
 
     def _bind(self, instrument_id: str, state: SequencerState | None) -> TickSequencer:
@@ -96,14 +105,17 @@ class _SequenceLogic(StatefulBatchLogic[Tick, Outgoing, SequencerState]):
         self._gap_subject = GAP_SUBJECT_PREFIX + instrument_id
         return self._seq
 
-    def on_batch(self, values: list[Tick]) -> tuple[Iterable[Outgoing], bool]:
-        seq = self._seq or self._bind(values[0].instrument_id, None)
+    def on_batch(self, values: list[Tick | Outgoing]) -> tuple[Iterable[Outgoing], bool]:
+        first = values[0]
+        if isinstance(first, Outgoing):  # the dead-letter key: already encoded, pass through
+            return values, StatefulBatchLogic.RETAIN  # type: ignore[return-value]
+        seq = self._seq or self._bind(first.instrument_id, None)
         on_tick, encode, subject = seq.on_tick, self._encode, self._subject
         out: list[Outgoing] = []
         dups = 0
         problems: list[tuple[str, str]] = []
         for tick in values:
-            emit, report = on_tick(tick)
+            emit, report = on_tick(tick)  # type: ignore[arg-type]
             if emit:
                 out.append(Outgoing(subject, encode(tick)))
             else:
@@ -118,12 +130,8 @@ class _SequenceLogic(StatefulBatchLogic[Tick, Outgoing, SequencerState]):
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> SequencerState:
-        assert self._seq is not None, "bytewax snapshots a logic only after it saw a batch"
-        return self._seq.snapshot()
-
-
-def _is_tick(item: Tick | Outgoing) -> TypeGuard[Tick]:
-    return not isinstance(item, Outgoing)
+        # The dead-letter key never binds a sequencer: its snapshot is an empty state.
+        return self._seq.snapshot() if self._seq is not None else SequencerState()
 
 
 def build_flow(
@@ -141,11 +149,7 @@ def build_flow(
     acct = accounting or Accounting()
     flow = Dataflow(flow_id)
     raw = op.input("raw", flow, source)
-    decoded = op.flat_map_batch("decode", raw, _Decode(TickDecoder(registry, cfg), acct))
-    split = op.branch("split_dead_letters", decoded, _is_tick)
-    keyed = op.key_on("by_instrument", split.trues, lambda tick: tick.instrument_id)
+    keyed = op.flat_map_batch("decode", raw, _Decode(TickDecoder(registry, cfg), acct))
     sequenced = op.stateful_batch("sequence", keyed, lambda state: _SequenceLogic(cfg, acct, state))
-    dead: op.Stream[Outgoing] = split.falses  # type: ignore[assignment]
-    published: op.Stream[Outgoing] = op.merge("merge", op.key_rm("unkey", sequenced), dead)
-    op.output("publish", published, sink)
+    op.output("publish", op.key_rm("unkey", sequenced), sink)
     return flow

@@ -156,6 +156,9 @@ class TickDecoder:
             k.encode(): msgspec.json.Decoder(_typed_envelope(t)) for k, t in kinds.items()
         }
         self._coinbase = msgspec.json.Decoder(CoinbaseMessage)
+        # Venue symbols exactly as sent -> instrument; only known symbols are cached, so
+        # garbage cannot grow it.
+        self._symbol_cache: dict[tuple[str, Market, str], Instrument] = {}
 
     def decode(self, msg: Message) -> Tick | DeadLetter:
         try:
@@ -201,8 +204,14 @@ class TickDecoder:
     # -- helpers ---------------------------------------------------------------------
 
     def _instrument(self, venue: str, market: Market, symbol: str) -> Instrument:
+        key = (venue, market, symbol)
+        inst = self._symbol_cache.get(key)
+        if inst is not None:
+            return inst
         inst = self._instruments.by_symbol(venue, market, symbol)
-        if inst is None:
+        if inst is not None:
+            self._symbol_cache[key] = inst
+        else:
             raise _Invalid(
                 Reason.UNKNOWN_SYMBOL,
                 f"{venue} {market.value} symbol {symbol!r} is not in instruments config "

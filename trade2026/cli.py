@@ -26,6 +26,7 @@ from trade2026.commands.bench import bench_command
 from trade2026.commands.delta import delta
 from trade2026.commands.demo import demo_command
 from trade2026.commands.features import features
+from trade2026.commands.get import get_command
 from trade2026.commands.quality import quality_command
 from trade2026.commands.replay import replay_command
 from trade2026.commands.run import run_command
@@ -62,6 +63,7 @@ main.add_command(schema_command)
 main.add_command(delta)
 main.add_command(features)
 main.add_command(quality_command)
+main.add_command(get_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

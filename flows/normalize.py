@@ -32,10 +32,12 @@ from operators.normalize import (
     SequencerState,
     TickDecoder,
     TickSequencer,
+    bytes_id,
+    record_id,
 )
 from schemas.canonical import DeadLetter, Tick
 from schemas.instruments import InstrumentRegistry, load_instruments
-from schemas.transport import Message, Outgoing
+from schemas.transport import MSG_ID_HEADER, Message, Outgoing
 from trade2026.accounting import (
     DEAD_LETTERED,
     DUPLICATE,
@@ -56,10 +58,11 @@ class _Decode:
     one fixed key) spares Bytewax a branch and a key step per message on the hot path.
     """
 
-    def __init__(self, decoder: TickDecoder, accounting: Accounting) -> None:
+    def __init__(self, decoder: TickDecoder, accounting: Accounting, msg_ids: bool) -> None:
         self._decoder = decoder
         self._accounting = accounting
         self._encode = msgspec.json.Encoder().encode
+        self._msg_ids = msg_ids
 
     def __call__(self, batch: list[Message]) -> list[tuple[str, Tick | Outgoing]]:
         decode = self._decoder.decode
@@ -72,7 +75,9 @@ class _Decode:
             if isinstance(rec, DeadLetter):
                 dead[rec.instrument_id or UNKNOWN_INSTRUMENT] += 1
                 reasons.append(rec.reason)
-                out.append((_DEAD_LETTER_KEY, Outgoing(DLQ_SUBJECT, self._encode(rec))))
+                data = self._encode(rec)
+                headers = {MSG_ID_HEADER: bytes_id(DLQ_SUBJECT, data)} if self._msg_ids else None
+                out.append((_DEAD_LETTER_KEY, Outgoing(DLQ_SUBJECT, data, headers)))
             else:
                 seen[rec.instrument_id] += 1
                 out.append((rec.instrument_id, rec))
@@ -90,9 +95,14 @@ class _SequenceLogic(StatefulBatchLogic[Tick | Outgoing, Outgoing, SequencerStat
     """Bytewax's builder is not told the key, so the instrument comes from the first tick."""
 
     def __init__(
-        self, config: NormalizeConfig, accounting: Accounting, state: SequencerState | None
+        self,
+        config: NormalizeConfig,
+        accounting: Accounting,
+        state: SequencerState | None,
+        msg_ids: bool = False,
     ) -> None:
         self._config = config
+        self._msg_ids = msg_ids
         self._accounting = accounting
         self._encode = msgspec.json.Encoder().encode
         self._seq: TickSequencer | None = None
@@ -117,12 +127,14 @@ class _SequenceLogic(StatefulBatchLogic[Tick | Outgoing, Outgoing, SequencerStat
         for tick in values:
             emit, report = on_tick(tick)  # type: ignore[arg-type]
             if emit:
-                out.append(Outgoing(subject, encode(tick)))
+                headers = {MSG_ID_HEADER: record_id(tick)} if self._msg_ids else None  # type: ignore[arg-type]
+                out.append(Outgoing(subject, encode(tick), headers))
             else:
                 dups += 1
             if report is not None:
                 problems.append((report.instrument_id, report.problem))
-                out.append(Outgoing(self._gap_subject, encode(report)))
+                headers = {MSG_ID_HEADER: record_id(report)} if self._msg_ids else None
+                out.append(Outgoing(self._gap_subject, encode(report), headers))
         iid = seq.instrument_id
         self._accounting.add(STAGE, {(iid, OUT): len(values) - dups, (iid, DUPLICATE): dups})
         if problems:
@@ -142,14 +154,21 @@ def build_flow(
     config: NormalizeConfig | None = None,
     accounting: Accounting | None = None,
     flow_id: str = "normalize",
+    msg_ids: bool = False,
 ) -> Dataflow:
-    """Wire the normalize flow between any Message source and any Outgoing sink."""
+    """Wire the normalize flow between any Message source and any Outgoing sink.
+
+    ``msg_ids`` stamps every output with a ``Nats-Msg-Id`` naming the record itself, so
+    a JetStream sink de-duplicates what a recovered flow publishes again.
+    """
     registry = instruments or load_instruments()
     cfg = config or NormalizeConfig()
     acct = accounting or Accounting()
     flow = Dataflow(flow_id)
     raw = op.input("raw", flow, source)
-    keyed = op.flat_map_batch("decode", raw, _Decode(TickDecoder(registry, cfg), acct))
-    sequenced = op.stateful_batch("sequence", keyed, lambda state: _SequenceLogic(cfg, acct, state))
+    keyed = op.flat_map_batch("decode", raw, _Decode(TickDecoder(registry, cfg), acct, msg_ids))
+    sequenced = op.stateful_batch(
+        "sequence", keyed, lambda state: _SequenceLogic(cfg, acct, state, msg_ids)
+    )
     op.output("publish", op.key_rm("unkey", sequenced), sink)
     return flow

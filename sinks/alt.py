@@ -61,7 +61,7 @@ _I64 = (-(2**63), 2**63 - 1)
 
 
 class AltConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    root: str = "data/delta"
+    root: str = "var/lake"
     writer_id: str = "alt-sink"
     batch_rows: int = 10_000
     batch_ms: int = 1_000

@@ -100,7 +100,7 @@ class DeltaSinkError(RuntimeError):
 
 class DeltaTicksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Local path or ``s3://bucket/prefix``; tables live under ``<root>/ticks/``.
-    root: str = "data/delta"
+    root: str = "var/lake"
     #: Prefix of the application transaction ids; one per independent writer process.
     writer_id: str = "ticks-sink"
     #: Micro-batch: flush after this many rows ... (a 10,000-row append costs ~11 ms)

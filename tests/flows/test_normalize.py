@@ -179,3 +179,22 @@ def test_end_to_end_through_nats_matches_independent_vwap(own_nats_server) -> No
     assert notional / volume == expected["notional"] / expected["volume"]  # the VWAP
     assert acct.stage("normalize").balanced
     assert acct.stage("normalize").records_in == n_lines
+
+
+def test_msg_ids_name_records_so_a_replay_repeats_them_exactly() -> None:
+    with gzip.open(FILES[0]) as f:
+        lines = f.read().splitlines()[:300]
+    msgs = [
+        Message("md.raw.binance.btcusdt", ln.split(b" ", 1)[1], int(ln.split(b" ")[0]))
+        for ln in lines
+    ] + [Message("md.raw.binance.btcusdt", b"{bad", 7)]
+    first: list[Outgoing] = []
+    second: list[Outgoing] = []
+    run_main(build_flow(TestingSource(msgs), TestingSink(first), msg_ids=True))
+    run_main(build_flow(TestingSource(msgs, batch_size=7), TestingSink(second), msg_ids=True))
+    ids = [o.headers["Nats-Msg-Id"] for o in first if o.headers]
+    assert len(ids) == len(first) == len(set(ids))  # every output named, no two alike
+    assert sorted(ids) == sorted(o.headers["Nats-Msg-Id"] for o in second if o.headers)
+    trades = [o for o in first if b'"kind":"trade"' in o.data[:20]]
+    tid = msgspec.json.decode(trades[0].data)["trade_id"]
+    assert trades[0].headers == {"Nats-Msg-Id": f"t:BTCUSDT.BINANCE:{tid}"}

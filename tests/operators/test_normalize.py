@@ -21,14 +21,33 @@ from schemas.transport import Message
 
 RECV = 1_723_161_254_087_896_568  # a receive time from the sample capture
 TRADE = {
-    "e": "trade", "E": 1723161255343, "s": "BTCUSDT", "t": 3735683259,
-    "p": "61837.63000000", "q": "0.02000000", "T": 1723161255342, "m": True, "M": True,
-}  # fmt: skip
-BOOK = {"u": 50093239212, "s": "BTCUSDT", "b": "61837.63000000", "B": "3.78826000",
-        "a": "61837.64000000", "A": "1.54698000"}  # fmt: skip
-DEPTH = {"e": "depthUpdate", "E": 1723161255308, "s": "BTCUSDT", "U": 50093239203,
-         "u": 50093239207, "b": [["55653.87000000", "0.00000000"]],
-         "a": [["61838.04000000", "0.32332000"]]}  # fmt: skip
+    "e": "trade",
+    "E": 1723161255343,
+    "s": "BTCUSDT",
+    "t": 3735683259,
+    "p": "61837.63000000",
+    "q": "0.02000000",
+    "T": 1723161255342,
+    "m": True,
+    "M": True,
+}
+BOOK = {
+    "u": 50093239212,
+    "s": "BTCUSDT",
+    "b": "61837.63000000",
+    "B": "3.78826000",
+    "a": "61837.64000000",
+    "A": "1.54698000",
+}
+DEPTH = {
+    "e": "depthUpdate",
+    "E": 1723161255308,
+    "s": "BTCUSDT",
+    "U": 50093239203,
+    "u": 50093239207,
+    "b": [["55653.87000000", "0.00000000"]],
+    "a": [["61838.04000000", "0.32332000"]],
+}
 
 
 def env(stream: str, data: object) -> bytes:
@@ -91,19 +110,32 @@ def test_futures_map_to_perp_instruments(decoder: TickDecoder) -> None:
 
 def test_coinbase_match_and_ticker(decoder: TickDecoder) -> None:
     match = {
-        "type": "match", "trade_id": 10, "sequence": 50, "maker_order_id": "a",
-        "taker_order_id": "b", "time": "2024-08-08T23:54:13.123456Z", "product_id": "BTC-USD",
-        "size": "0.5", "price": "61000.01", "side": "sell",
-    }  # fmt: skip
+        "type": "match",
+        "trade_id": 10,
+        "sequence": 50,
+        "maker_order_id": "a",
+        "taker_order_id": "b",
+        "time": "2024-08-08T23:54:13.123456Z",
+        "product_id": "BTC-USD",
+        "size": "0.5",
+        "price": "61000.01",
+        "side": "sell",
+    }
     t = decoder.decode(msg(json.dumps(match).encode(), subject="md.raw.coinbase.btc-usd"))
     assert isinstance(t, TradeTick)
     assert t.aggressor is Aggressor.BUY  # the maker sold
     assert t.ts_event == 1_723_161_253_123_456_000
     ticker = {
-        "type": "ticker", "sequence": 51, "product_id": "ETH-USD", "price": "2500",
-        "best_bid": "2499.99", "best_ask": "2500.01", "best_bid_size": "1",
-        "best_ask_size": "2", "time": "2024-08-08T23:54:13Z",
-    }  # fmt: skip
+        "type": "ticker",
+        "sequence": 51,
+        "product_id": "ETH-USD",
+        "price": "2500",
+        "best_bid": "2499.99",
+        "best_ask": "2500.01",
+        "best_bid_size": "1",
+        "best_ask_size": "2",
+        "time": "2024-08-08T23:54:13Z",
+    }
     q = decoder.decode(msg(json.dumps(ticker).encode(), subject="md.raw.coinbase.eth-usd"))
     assert isinstance(q, Quote) and q.instrument_id == "ETH-USD.COINBASE"
 
@@ -123,15 +155,24 @@ BAD = [
     ("NaN price", env("btcusdt@trade", dict(TRADE, p="NaN")), Reason.NON_FINITE),
     ("Infinity qty", env("btcusdt@trade", dict(TRADE, q="Infinity")), Reason.NON_FINITE),
     ("NaN literal", b'{"stream":"btcusdt@trade","data":{"p":NaN}}', Reason.INVALID_JSON),
-    ("missing field", env("btcusdt@trade", {k: v for k, v in TRADE.items() if k != "t"}),
-     Reason.SCHEMA_MISMATCH),
+    (
+        "missing field",
+        env("btcusdt@trade", {k: v for k, v in TRADE.items() if k != "t"}),
+        Reason.SCHEMA_MISMATCH,
+    ),
     ("crossed quote", env("btcusdt@bookTicker", dict(BOOK, b="62000")), Reason.CROSSED_QUOTE),
-    ("negative level size", env("btcusdt@depth", dict(DEPTH, b=[["1", "-1"]])),
-     Reason.INVALID_QUANTITY),
-    ("future timestamp", env("btcusdt@trade", dict(TRADE, T=TRADE["T"] + 3_600_000)),
-     Reason.TIMESTAMP_IN_FUTURE),
+    (
+        "negative level size",
+        env("btcusdt@depth", dict(DEPTH, b=[["1", "-1"]])),
+        Reason.INVALID_QUANTITY,
+    ),
+    (
+        "future timestamp",
+        env("btcusdt@trade", dict(TRADE, T=TRADE["T"] + 3_600_000)),
+        Reason.TIMESTAMP_IN_FUTURE,
+    ),
     ("unknown venue", None, Reason.UNKNOWN_VENUE),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("case", "data", "reason"), BAD, ids=[c for c, _, _ in BAD])

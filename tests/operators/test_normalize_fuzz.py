@@ -30,13 +30,23 @@ def _sample_lines(n: int = 400) -> list[bytes]:
 
 SAMPLES = _sample_lines()
 SUBJECTS = st.sampled_from(
-    ["md.raw.binance.btcusdt", "md.raw.binance-usdm.btcusdt", "md.raw.coinbase.btc-usd",
-     "md.raw.binance", "md.raw.", "md.raw.nope.x"]
-)  # fmt: skip
+    [
+        "md.raw.binance.btcusdt",
+        "md.raw.binance-usdm.btcusdt",
+        "md.raw.coinbase.btc-usd",
+        "md.raw.binance",
+        "md.raw.",
+        "md.raw.nope.x",
+    ]
+)
 JSON_SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False),
-    st.text(max_size=20), st.sampled_from(["NaN", "Infinity", "-1", "0", "1e999", ""]),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.sampled_from(["NaN", "Infinity", "-1", "0", "1e999", ""]),
+)
 
 
 def _mutate(obj: Any, data: st.DataObject) -> Any:
@@ -67,7 +77,9 @@ def _account(messages: list[Message]) -> tuple[int, int, int]:
             assert rec.payload == m.data and rec.reason.isupper()
             dead += 1
             continue
-        seq = seqs.setdefault(rec.instrument_id, TickSequencer(rec.instrument_id, NormalizeConfig()))
+        seq = seqs.setdefault(
+            rec.instrument_id, TickSequencer(rec.instrument_id, NormalizeConfig())
+        )
         emitted, _ = seq.on_tick(rec)
         out += emitted
         dups += not emitted

@@ -32,7 +32,7 @@ def _open(table: str) -> Any:
     except TableNotFoundError as exc:
         raise click.ClickException(
             f"delta: no Delta table at {table!r}; hint: pass a table directory such as "
-            "data/delta/ticks/trades"
+            "var/lake/ticks/trades"
         ) from exc
 
 

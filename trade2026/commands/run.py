@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import click
 
 from trade2026 import exitcodes
 from trade2026.flowregistry import FLOWS
+from trade2026.recovery import DEFAULT_EPOCH_INTERVAL, RecoveryError
 
 
 @click.command("run")
@@ -55,6 +59,39 @@ from trade2026.flowregistry import FLOWS
     type=float,
     help="Print the in/out/dead-letter/duplicate counts every N seconds (0: never).",
 )
+@click.option(
+    "--recovery-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Bytewax recovery snapshots for this flow; created on first start "
+    "[default: $TRADE2026_STATE_DIR/recovery/FLOW, state dir default ./var].",
+)
+@click.option(
+    "--no-recovery",
+    is_flag=True,
+    default=False,
+    help="Run without recovery snapshots: a restart loses the flow's state and position.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["bytewax", "quix"]),
+    default="bytewax",
+    show_default=True,
+    help="Run on Bytewax over NATS, or as a Quix Streams app over Kafka (features, ticks-sink).",
+)
+@click.option(
+    "--kafka",
+    envvar="KAFKA_BROKERS",
+    default=None,
+    help="Kafka bootstrap servers for --engine quix (env KAFKA_BROKERS).",
+)
+@click.option(
+    "--epoch-interval",
+    default=DEFAULT_EPOCH_INTERVAL.total_seconds(),
+    show_default=True,
+    type=click.FloatRange(min=0.001),
+    help="Seconds per epoch; with recovery a snapshot is taken at the end of each.",
+)
 def run_command(
     flow: str,
     workers: int,
@@ -63,15 +100,28 @@ def run_command(
     nats_url: str,
     metrics_port: int | None,
     report_every: float,
+    recovery_dir: Path | None,
+    no_recovery: bool,
+    engine: str,
+    kafka: str | None,
+    epoch_interval: float,
 ) -> None:
     """Launch FLOW against NATS and run until interrupted.
 
     The flow reads and writes the subjects documented in docs/contract.md; for
     example `normalize` consumes md.raw.> and publishes md.ticks.<instrument>,
     md.gaps.<instrument> and dlq.normalize.
+
+    Recovery is on by default (docs/recovery.md): state is snapshotted every
+    epoch into the recovery directory and a restart resumes from the last
+    snapshot. Outputs may repeat after a crash; sinks de-duplicate them.
     """
     from bytewax.run import cli_main
     from prometheus_client import REGISTRY, start_http_server
+
+    if engine == "quix":
+        _run_quix(flow, kafka, metrics_port)
+        return
 
     from trade2026.accounting import Accounting
     from trade2026.flowregistry import RunContext
@@ -91,12 +141,52 @@ def run_command(
     ctx = RunContext(nats=config, workers=workers, accounting=Accounting(REGISTRY))
     dataflow = FLOWS[flow](ctx)
     address_list = addresses.split(";") if addresses else None
+    try:
+        recovery = _recovery_kwargs(
+            flow, workers, process_id, address_list, recovery_dir, no_recovery, epoch_interval
+        )
+    except RecoveryError as exc:
+        click.echo(f"error: run {flow}: {exc}", err=True)
+        sys.exit(exitcodes.USAGE)
     if report_every > 0:
         _start_reporter(ctx.accounting, report_every)
     with contextlib.suppress(KeyboardInterrupt):
         cli_main(
-            dataflow, workers_per_process=workers, process_id=process_id, addresses=address_list
+            dataflow,
+            workers_per_process=workers,
+            process_id=process_id,
+            addresses=address_list,
+            **recovery,
         )
+
+
+def _recovery_kwargs(
+    flow: str,
+    workers: int,
+    process_id: int | None,
+    addresses: list[str] | None,
+    recovery_dir: Path | None,
+    no_recovery: bool,
+    epoch_interval: float,
+) -> dict[str, Any]:
+    """Recovery on unless ``--no-recovery``; one partition per worker of the whole cluster.
+
+    In a cluster only process 0 creates the partitions (all of them), so that a fresh
+    cluster never starts with two copies of one partition on different processes.
+    """
+    from trade2026.recovery import RecoverySettings, default_recovery_dir, run_kwargs
+
+    interval = timedelta(seconds=epoch_interval)
+    if no_recovery:
+        return run_kwargs(None, interval)
+    processes = len(addresses) if addresses else 1
+    settings = RecoverySettings(
+        db_dir=recovery_dir or default_recovery_dir(flow),
+        partitions=0 if process_id else workers * processes,
+        epoch_interval=interval,
+    )
+    click.echo(f"run {flow}: recovery snapshots in {settings.db_dir}", err=True)
+    return run_kwargs(settings)
 
 
 def _start_reporter(accounting: object, every_s: float) -> None:
@@ -124,3 +214,32 @@ def _start_reporter(accounting: object, every_s: float) -> None:
                 )
 
     threading.Thread(target=loop, name="accounting-reporter", daemon=True).start()
+
+
+def _run_quix(flow: str, kafka: str | None, metrics_port: int | None) -> None:
+    """The Kafka engine: the same operators as a Quix Streams application (docs/kafka.md)."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from engines.quix import QUIX_FLOWS, quix_flow
+    from trade2026.accounting import Accounting
+
+    name = flow.replace("-", "_")
+    if name not in QUIX_FLOWS:
+        click.echo(
+            f"error: run {flow}: no Quix Streams engine for this flow; "
+            f"hint: --engine quix runs {', '.join(sorted(QUIX_FLOWS))}",
+            err=True,
+        )
+        sys.exit(exitcodes.USAGE)
+    if not kafka:
+        click.echo(
+            f"error: run {flow}: --engine quix needs Kafka; hint: pass --kafka HOST:PORT "
+            "or set KAFKA_BROKERS",
+            err=True,
+        )
+        sys.exit(exitcodes.USAGE)
+    if metrics_port is not None:
+        start_http_server(metrics_port)
+    app = quix_flow(name, kafka, accounting=Accounting(REGISTRY))
+    with contextlib.suppress(KeyboardInterrupt):
+        app.run()

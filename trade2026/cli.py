@@ -23,9 +23,11 @@ import click
 
 from trade2026 import __version__
 from trade2026.commands.bench import bench_command
+from trade2026.commands.bridge import bridge
 from trade2026.commands.delta import delta
 from trade2026.commands.demo import demo_command
 from trade2026.commands.features import features
+from trade2026.commands.gateway import gateway_command
 from trade2026.commands.get import get_command
 from trade2026.commands.quality import quality_command
 from trade2026.commands.replay import replay_command
@@ -64,6 +66,8 @@ main.add_command(delta)
 main.add_command(features)
 main.add_command(quality_command)
 main.add_command(get_command)
+main.add_command(bridge)
+main.add_command(gateway_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,13 +2,19 @@
 
 The table is explicit code (no plugins found by name at run time): adding a flow means
 adding a function here that wires its sources and sinks from a :class:`RunContext`.
+
+Market data runs on JetStream by default (``normalize``, ``ticks-sink``): inputs resume
+from the stream sequence after a crash and outputs carry ``Nats-Msg-Id``, so recovery
+gives exactly-once effects (docs/recovery.md). ``normalize-core`` is the same flow on
+core NATS: lower latency, but at-most-once and with nothing to resume from.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bytewax.dataflow import Dataflow
 
@@ -17,6 +23,18 @@ from trade2026.natsconf import NatsConfig
 
 if TYPE_CHECKING:
     from sources.nats import NatsSource
+
+#: Where local state lives by default (recovery snapshots, Delta tables, spill files).
+STATE_DIR_ENV = "TRADE2026_STATE_DIR"
+DELTA_ROOT_ENV = "TRADE2026_DELTA_ROOT"
+
+
+def state_dir() -> str:
+    return os.environ.get(STATE_DIR_ENV) or "var"
+
+
+def delta_root() -> str:
+    return os.environ.get(DELTA_ROOT_ENV) or os.path.join(state_dir(), "lake")
 
 
 @dataclass(frozen=True)
@@ -30,8 +48,21 @@ class RunContext:
     idle_timeout_s: float | None = None
 
 
+def _ensure_market_streams(ctx: RunContext) -> None:
+    from flows.pipeline import ensure_streams
+    from trade2026.natsloop import NatsLoop
+
+    loop = NatsLoop.acquire()
+    try:
+        nc = loop.connect(ctx.nats)
+        loop.run(ensure_streams(nc.jetstream()))
+        loop.run(nc.close())
+    finally:
+        NatsLoop.release(loop)
+
+
 def build_normalize(ctx: RunContext) -> tuple[Dataflow, NatsSource]:
-    """The normalize flow over NATS, and its source (whose stats show when it subscribed)."""
+    """The normalize flow over core NATS, and its source (whose stats show when it subscribed)."""
     from flows.normalize import build_flow
     from sinks.nats import NatsSink
     from sources.nats import NatsSource
@@ -48,10 +79,101 @@ def build_normalize(ctx: RunContext) -> tuple[Dataflow, NatsSource]:
     return build_flow(source, NatsSink(ctx.nats), accounting=ctx.accounting), source
 
 
-def _normalize(ctx: RunContext) -> Dataflow:
+def _normalize_core(ctx: RunContext) -> Dataflow:
     return build_normalize(ctx)[0]
+
+
+def _normalize(ctx: RunContext) -> Dataflow:
+    from flows.pipeline import build_normalize_jetstream
+
+    _ensure_market_streams(ctx)
+    return build_normalize_jetstream(ctx)[0]
+
+
+def _ticks_sink(ctx: RunContext) -> Dataflow:
+    from flows.pipeline import build_ticks_sink_jetstream
+
+    _ensure_market_streams(ctx)
+    return build_ticks_sink_jetstream(ctx, delta_root())[0]
+
+
+def _alt_sink(ctx: RunContext) -> Dataflow:
+    from flows.alt_sink import build_flow
+    from sinks.alt import AltConfig
+    from sinks.nats import NatsSink
+    from sources.nats import NatsSource
+
+    source = NatsSource(
+        "alt.raw.>", ctx.nats, stop_after=ctx.stop_after, idle_timeout_s=ctx.idle_timeout_s
+    )
+    return build_flow(
+        AltConfig(root=os.path.join(delta_root(), "alt")),
+        source=source,
+        dlq_sink=NatsSink(ctx.nats),
+        accounting=ctx.accounting,
+    )
+
+
+def _features(ctx: RunContext) -> Dataflow:
+    import msgspec
+
+    from flows.features import FeatureOutputs, build_flow
+    from schemas.transport import Outgoing
+    from sinks.features import FeatureStoreSink
+    from sinks.mapped import MappedSink
+    from sinks.nats import NatsSink
+    from sources.nats import NatsSource
+
+    encode = msgspec.json.Encoder().encode
+    nats_sink = NatsSink(ctx.nats)
+    source = NatsSource(
+        ["md.ticks.>", "fills.>", "positions.>"],
+        ctx.nats,
+        stop_after=ctx.stop_after,
+        idle_timeout_s=ctx.idle_timeout_s,
+    )
+    store: Any = FeatureStoreSink()  # one sink takes bars and account windows alike
+    outputs = FeatureOutputs(
+        bars=store,
+        late=MappedSink(nats_sink, lambda r: Outgoing("features.late", encode(r))),
+        dead_letters=MappedSink(nats_sink, lambda r: Outgoing("dlq.features", encode(r))),
+        accounts=store,
+    )
+    return build_flow(source, outputs)
+
+
+def _orders(ctx: RunContext) -> Dataflow:
+    from flows.orders import production_flow
+
+    return production_flow(ctx)
+
+
+def _venue(ctx: RunContext) -> Dataflow:
+    from flows.venue import production_flow
+
+    return production_flow(ctx)
+
+
+def _portfolio(ctx: RunContext) -> Dataflow:
+    from flows.portfolio import production_flow
+
+    return production_flow(ctx)
+
+
+def _tca(ctx: RunContext) -> Dataflow:
+    from flows.tca import production_flow
+
+    return production_flow(ctx)
 
 
 FLOWS: dict[str, Callable[[RunContext], Dataflow]] = {
     "normalize": _normalize,
+    "normalize-core": _normalize_core,
+    "ticks-sink": _ticks_sink,
+    "alt-sink": _alt_sink,
+    "features": _features,
+    "orders": _orders,
+    "venue": _venue,
+    "portfolio": _portfolio,
+    "tca": _tca,
 }

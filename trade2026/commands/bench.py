@@ -18,3 +18,35 @@ def bench_normalize(runs: int, no_e2e: bool) -> None:
     from benchmarks.normalize import main
 
     main(runs=runs, e2e=not no_e2e)
+
+
+@bench_command.command("orders")
+@click.option(
+    "--seconds",
+    default=4.0,
+    show_default=True,
+    type=float,
+    help="Length of each offered-rate phase.",
+)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 8))
+@click.option("--no-fills", is_flag=True, help="Skip the submit-to-fill phase.")
+def bench_orders(seconds: float, workers: int, no_fills: bool) -> None:
+    """Order path through real NATS: ack latency at 1k and 5k orders/s, fills, max rate."""
+    from benchmarks.orders import main
+
+    main(seconds=seconds, workers=workers, fills=not no_fills)
+
+
+@bench_command.command("sinks")
+@click.option("--ticks", default=200_000, show_default=True, help="Ticks for the Delta runs.")
+@click.option("--rows", default=50_000, show_default=True, help="Rows for the QuestDB runs.")
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 20))
+def bench_sinks(ticks: int, rows: int, repeat: int) -> None:
+    """Ticks into Delta, replay from Delta in-process, and QuestDB row building."""
+    from benchmarks import sinks_delta, sinks_questdb
+
+    args = ["--ticks", str(ticks), "--repeat", str(repeat)]
+    sinks_delta.main.main(args=args, standalone_mode=False)
+    sinks_questdb.main.main(
+        args=["--rows", str(rows), "--repeat", str(repeat)], standalone_mode=False
+    )

@@ -14,8 +14,8 @@ Subjects:
 ``orders.replace``                  :class:`ReplaceOrder`
 ``orders.control``                  :class:`ControlCommand` (kill switches)
 ``orders.events.<account>``         :class:`~schemas.canonical.OrderEvent`
-``orders.decisions.<account>``      :class:`RiskDecision`, one per decision, for audit
-``orders.alerts.<account>``         :class:`AlertRaised`
+``risk.decisions.<account>``      :class:`RiskDecision`, one per decision, for audit
+``orders.alerts``         :class:`AlertRaised`
 ``exec.reports.<venue>``            :class:`ExecutionReport`
 =================================  =====================================================
 

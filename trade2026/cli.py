@@ -29,6 +29,8 @@ from trade2026.commands.demo import demo_command
 from trade2026.commands.features import features
 from trade2026.commands.gateway import gateway_command
 from trade2026.commands.get import get_command
+from trade2026.commands.halt import halt_command, resume_command
+from trade2026.commands.orders import orders_group
 from trade2026.commands.quality import quality_command
 from trade2026.commands.replay import replay_command
 from trade2026.commands.run import run_command
@@ -68,6 +70,9 @@ main.add_command(quality_command)
 main.add_command(get_command)
 main.add_command(bridge)
 main.add_command(gateway_command)
+main.add_command(orders_group)
+main.add_command(halt_command)
+main.add_command(resume_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

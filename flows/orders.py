@@ -1,0 +1,950 @@
+"""The orders dataflow: pre-trade risk, the order state machine and fill matching, per account.
+
+Shape::
+
+    ORDERS stream (orders.submit|cancel|replace|control) -+
+    exec.reports.> (core NATS) ---------------------------+-> route (one key) -+-> denials, dlq
+    positions.>    (core NATS) ---------------------------+                    |
+                                                               key by account <+
+                                              risk -> OrderManager -> outputs
+    md.ticks.>     (core NATS) -> market view (shared per process, no keyed state)
+
+Outputs (docs/order-path-subjects.md): the answer to ``T26-Reply-To``,
+``risk.decisions.<account>``, ``orders.events.<account>``, ``orders.alerts``,
+``venue.commands.<venue>`` (header ``T26-Order-Id``), ``fills.<account>`` and
+``dlq.orders``. All go through one core NATS sink, so every batch is one flush.
+
+Why a routing step with a single key before the per-account step:
+
+* A GLOBAL kill switch must reach every account's state, in stream order with the
+  orders around it. Bytewax cannot broadcast to "all keys", so the router remembers the
+  accounts it has seen (plus every account declared in the risk limits) and sends each
+  a copy; an account first seen later gets the last global command before its first
+  order. The router's memory is Bytewax state, so a restart keeps it.
+* Execution reports from real venues may lack our account; the
+  :class:`~operators.execreports.ExecReportMatcher` that stamps it learns orders as they
+  are submitted, which the router sees first.
+
+The router is cheap (decode, look-ups) but it is one key, so it runs on one worker: the
+flow's ceiling is that worker. Per-account risk and the order state machine spread over
+the workers by account.
+
+Market data never enters keyed state: quotes and trades update one
+:class:`~operators.risk.MarketView` shared by every account of the process
+(``RiskEngine``'s design: one market view per worker, one ``AccountRisk`` per account).
+Book deltas are skipped unparsed (only the top of book and prints matter to the band and
+staleness checks). Multi-worker semantics: the view is per *process*, so all workers of
+one process see every tick; in a multi-process cluster only the process that owns the
+``md.ticks.>`` partition has references (its accounts' market orders elsewhere are
+refused as stale), so run the orders flow as one process with N workers. The view is not
+in recovery state: after a restart it refills from live ticks within a tick interval, and
+until then market orders are refused and the band is not applied (risk's documented
+behaviour for missing references).
+
+Durability: an acknowledged order is in the ``ORDERS`` stream. The JetStream source's
+resume state is the stream sequence, snapshotted together with every account's risk and
+order state at each epoch, so a flow restarted with its recovery store continues exactly
+after the last committed epoch. Requests are also de-duplicated by content: a
+byte-identical request (a client retry, or a redelivery the source did not drop) is
+answered with the decision already made and sends nothing to the venue. A different
+request reusing a client order id is denied ``DUPLICATE_CLIENT_ORDER_ID``. After a hard
+crash, what happened after the last committed epoch is decided again from the restored
+state and re-emitted (Bytewax output is at-least-once): venue commands carry the order id
+in ``T26-Order-Id`` and a ``Nats-Msg-Id``, so the venue (the simulated venue rejects a
+known order id) or a JetStream stream over ``venue.commands.>`` drops the copy. A short
+``epoch_interval`` keeps that window small.
+
+Accounting, stage ``orders``: every order-path message in (commands, execution reports,
+positions) is exactly one of out (decided / applied), dead-lettered (``dlq.orders``) or
+duplicate (a repeated request or execution id). Market data is counted under stage
+``orders_md`` (out = applied or skipped by kind, dead-lettered = undecodable).
+EventClock windows are kept out of this flow on purpose (bytewax issue #578).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple, TypeGuard
+
+import bytewax.operators as op
+import msgspec
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
+
+from operators.execreports import ExecReportMatcher
+from operators.orders import OrderManager
+from operators.risk import AccountRisk, MarketView, RiskContext
+from operators.risk_config import DEFAULT_PATH, RiskConfigWatcher, RiskLimits
+from schemas.canonical import DeadLetter, Fill, OrderEvent, Position, Quote, Tick, TradeTick
+from schemas.common import Liquidity
+from schemas.instruments import InstrumentRegistry, load_instruments
+from schemas.orders import (
+    AlertRaised,
+    CancelOrder,
+    ControlAction,
+    ControlCommand,
+    ControlScope,
+    ExecutionReport,
+    ReplaceOrder,
+    RiskAction,
+    RiskDecision,
+    SubmitOrder,
+)
+from schemas.transport import MSG_ID_HEADER, Message, Outgoing
+from trade2026.accounting import DEAD_LETTERED, DUPLICATE, IN, OUT, Accounting
+from trade2026.orderclient import (
+    CANCEL_SUBJECT,
+    CONTROL_SUBJECT,
+    ORDER_ID_HEADER,
+    ORDERS_STREAM,
+    REPLACE_SUBJECT,
+    REPLY_TO_HEADER,
+    SUBMIT_SUBJECT,
+)
+
+if TYPE_CHECKING:
+    from trade2026.flowregistry import RunContext
+
+__all__ = [
+    "DLQ_SUBJECT",
+    "MD_STAGE",
+    "STAGE",
+    "OrdersConfig",
+    "build_flow",
+    "production_flow",
+]
+
+STAGE = "orders"
+MD_STAGE = "orders_md"
+DLQ_SUBJECT = "dlq.orders"
+ALERTS_SUBJECT = "orders.alerts"
+EVENTS_PREFIX = "orders.events."
+DECISIONS_PREFIX = "risk.decisions."
+FILLS_PREFIX = "fills."
+VENUE_PREFIX = "venue.commands."
+EXEC_PREFIX = "exec.reports."
+POSITIONS_PREFIX = "positions."
+
+#: Denial/dead-letter codes the flow adds to risk's own.
+INVALID_REQUEST = "INVALID_REQUEST"
+INVALID_ACCOUNT_ID = "INVALID_ACCOUNT_ID"
+OVERSIZED_MESSAGE = "OVERSIZED_MESSAGE"
+UNKNOWN_SUBJECT = "UNKNOWN_SUBJECT"
+INVALID_POSITION = "INVALID_POSITION"
+INVALID_TICK = "INVALID_TICK"
+UNKNOWN_ORDER = "UNKNOWN_ORDER"
+
+#: The JetStream consumer filter: every subject of the ORDERS stream, one partition.
+ORDERS_FILTER = "orders.>"
+_ROUTER_KEY = "router"
+_ZERO = Decimal(0)
+# An account id becomes a subject token: letters, digits, '_' and '-' only.
+_ACCOUNT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A reply subject: tokens without whitespace or wildcards.
+_SUBJECT_RE = re.compile(r"[^\s*>.]+(\.[^\s*>.]+)*")
+_SKIP_KINDS = (b'{"kind":"book_delta"', b'{"kind":"data_gap"')
+
+_encode = msgspec.json.Encoder().encode
+_COMMAND_DECODERS: dict[str, msgspec.json.Decoder[object]] = {
+    SUBMIT_SUBJECT: msgspec.json.Decoder(SubmitOrder),
+    CANCEL_SUBJECT: msgspec.json.Decoder(CancelOrder),
+    REPLACE_SUBJECT: msgspec.json.Decoder(ReplaceOrder),
+    CONTROL_SUBJECT: msgspec.json.Decoder(ControlCommand),
+}
+_ACTIONS = {
+    SUBMIT_SUBJECT: RiskAction.SUBMIT,
+    CANCEL_SUBJECT: RiskAction.CANCEL,
+    REPLACE_SUBJECT: RiskAction.REPLACE,
+}
+_position = msgspec.json.Decoder(Position)
+_tick = msgspec.json.Decoder(Tick)
+
+
+class OrdersConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the orders flow runs; the limits and instruments come from their own files."""
+
+    #: Risk limits file (reloaded when it changes); None: TRADE2026_RISK or the bundled one.
+    risk_path: str | None = None
+    #: Instruments file; None: TRADE2026_INSTRUMENTS or the bundled one.
+    instruments_path: str | None = None
+    #: Requests and reports larger than this are dead-lettered unparsed.
+    max_message_bytes: int = 64 * 1024
+    #: Answers remembered per account for de-duplicating byte-identical retries.
+    reply_cache_size: int = 100_000
+
+
+# ---------------------------------------------------------------------------------------
+# what every worker of a process shares
+# ---------------------------------------------------------------------------------------
+class _Shared:
+    """Limits (reloaded), instruments and the market view, shared by one process's workers.
+
+    The watcher is polled from the workers' own batches (no thread, no clock): a stat call
+    per batch, under a lock that a busy worker skips rather than waits for.
+    """
+
+    def __init__(
+        self,
+        limits: RiskLimits,
+        instruments: InstrumentRegistry,
+        watcher: RiskConfigWatcher | None,
+    ) -> None:
+        self.limits = limits
+        self.instruments = instruments
+        self.market = MarketView()
+        self._watcher = watcher
+        self._lock = threading.Lock()
+
+    def current_limits(self) -> RiskLimits:
+        if self._watcher is not None and self._lock.acquire(blocking=False):
+            try:
+                new = self._watcher.poll()
+                if new is not None:
+                    self.limits = new
+            finally:
+                self._lock.release()
+        return self.limits
+
+
+class Routed(NamedTuple):
+    """One item for an account's logic, with what is needed to answer it."""
+
+    account: str
+    item: SubmitOrder | CancelOrder | ReplaceOrder | ControlCommand | ExecutionReport | Position
+    reply_to: str | None = None
+    digest: bytes | None = None
+
+
+# ---------------------------------------------------------------------------------------
+# router: decode, validate, broadcast GLOBAL controls, match execution reports
+# ---------------------------------------------------------------------------------------
+class _RouterState(msgspec.Struct):
+    accounts: list[str]
+    global_control: ControlCommand | None
+    #: (account, client order id) of every submit, for the matcher.
+    orders: list[tuple[str, str]]
+    #: (venue, venue order id, account, client order id) learned from reports.
+    venue_ids: list[tuple[str, str, str, str]]
+
+
+def _js_timestamp(reply: str | None) -> int | None:
+    """The stream's own store time (ns) from a JetStream ack subject, v1 or v2 layout."""
+    if not reply or not reply.startswith("$JS.ACK."):
+        return None
+    tokens = reply.split(".")
+    off = 0 if len(tokens) == 9 else 2
+    try:
+        return int(tokens[7 + off])
+    except (IndexError, ValueError):
+        return None
+
+
+def _reply_to(msg: Message) -> str | None:
+    """The requester's inbox, if it is a publishable subject (never a wildcard)."""
+    value = msg.headers.get(REPLY_TO_HEADER) if msg.headers else None
+    if value is None and msg.reply and not msg.reply.startswith("$JS."):
+        value = msg.reply
+    if value and len(value) <= 256 and _SUBJECT_RE.fullmatch(value):
+        return value
+    return None
+
+
+def _salvage(data: bytes) -> tuple[str, str]:
+    """Best-effort account and client order id from a request that failed validation."""
+    try:
+        doc = msgspec.json.decode(data)
+    except (msgspec.DecodeError, ValueError):
+        return "", ""
+    if not isinstance(doc, dict):
+        return "", ""
+    acct, cid = doc.get("account_id"), doc.get("client_order_id")
+    return (acct if isinstance(acct, str) else ""), (cid if isinstance(cid, str) else "")
+
+
+class _RouterLogic(StatefulBatchLogic[Message, "Outgoing | Routed", bytes]):
+    def __init__(
+        self, shared: _Shared, config: OrdersConfig, accounting: Accounting, state: bytes | None
+    ) -> None:
+        self._shared = shared
+        self._config = config
+        self._accounting = accounting
+        self._matcher = ExecReportMatcher(max_bytes=config.max_message_bytes)
+        if state is None:
+            self._st = _RouterState([], None, [], [])
+        else:
+            self._st = msgspec.msgpack.decode(state, type=_RouterState)
+            for acct, cid in self._st.orders:
+                self._matcher.register(acct, cid)
+            for venue, void, acct, cid in self._st.venue_ids:
+                self._matcher.register(acct, cid, venue, void)
+        self._accounts = set(self._st.accounts)
+        self._known_orders = set(self._st.orders)
+        self._venue_keys = {(v, vid) for v, vid, _a, _c in self._st.venue_ids}
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._reasons: list[str] = []
+
+    def snapshot(self) -> bytes:
+        self._st.accounts = sorted(self._accounts)
+        return msgspec.msgpack.encode(self._st)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _count(self, outcome: str, reason: str | None = None) -> None:
+        self._counts[("-", outcome)] += 1
+        if reason is not None:
+            self._reasons.append(reason)
+
+    def _dead(self, msg: Message, reason: str, detail: str, out: list[Outgoing | Routed]) -> None:
+        self._count(DEAD_LETTERED, reason)
+        dead = DeadLetter(
+            stage=STAGE,
+            reason=reason,
+            detail=detail,
+            payload=msg.data,
+            subject=msg.subject,
+            ts_recv=msg.ts_recv,
+        )
+        out.append(Outgoing(DLQ_SUBJECT, _encode(dead)))
+
+    def _deny(
+        self,
+        msg: Message,
+        reason: str,
+        detail: str,
+        account: str,
+        cid: str,
+        ts: int,
+        out: list[Outgoing | Routed],
+        *,
+        record: bool,
+        request_id: str = "",
+    ) -> None:
+        """Answer a request the accounts never see; ``record`` publishes it for audit."""
+        limits = self._shared.limits
+        decision = RiskDecision(
+            account_id=account,
+            client_order_id=cid,
+            action=_ACTIONS[msg.subject],
+            approved=False,
+            reason=reason,
+            detail=detail,
+            limits_version=limits.version,
+            instruments_version=self._shared.instruments.version,
+            ts_event=ts,
+            request_id=request_id,
+        )
+        data = _encode(decision)
+        reply = _reply_to(msg)
+        if reply is not None:
+            out.append(Outgoing(reply, data))
+        if record:
+            out.append(Outgoing(DECISIONS_PREFIX + account, data))
+
+    def _to_account(self, account: str, routed: Routed, out: list[Outgoing | Routed]) -> None:
+        if account not in self._accounts:
+            self._accounts.add(account)
+            ctl = self._st.global_control
+            if ctl is not None:
+                out.append(Routed(account, ctl))
+        out.append(routed)
+
+    # -- inputs ------------------------------------------------------------------------------
+    def on_batch(self, values: list[Message]) -> tuple[Iterable[Outgoing | Routed], bool]:
+        limits = self._shared.current_limits()
+        out: list[Outgoing | Routed] = []
+        for msg in values:
+            subject = msg.subject
+            self._count(IN)
+            if len(msg.data) > self._config.max_message_bytes:
+                self._dead(
+                    msg,
+                    OVERSIZED_MESSAGE,
+                    f"orders route: {len(msg.data)} bytes > {self._config.max_message_bytes}; "
+                    "hint: order-path messages are small, check the publisher",
+                    out,
+                )
+                if subject in _ACTIONS:
+                    self._deny(
+                        msg, OVERSIZED_MESSAGE, "request too large", "", "", 0, out, record=False
+                    )
+            elif subject in _COMMAND_DECODERS:
+                self._command(msg, limits, out)
+            elif subject.startswith(EXEC_PREFIX):
+                self._report(msg, out)
+            elif subject.startswith(POSITIONS_PREFIX):
+                self._position(msg, out)
+            else:
+                self._dead(
+                    msg,
+                    UNKNOWN_SUBJECT,
+                    f"orders route: nothing handles {subject!r}; hint: see "
+                    "docs/order-path-subjects.md",
+                    out,
+                )
+        if self._counts:
+            self._accounting.add(STAGE, self._counts)
+            self._counts = Counter()
+        if self._reasons:
+            self._accounting.add_reasons(STAGE, self._reasons)
+            self._reasons = []
+        return out, StatefulBatchLogic.RETAIN
+
+    def _command(self, msg: Message, limits: RiskLimits, out: list[Outgoing | Routed]) -> None:
+        subject = msg.subject
+        try:
+            cmd = _COMMAND_DECODERS[subject].decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            self._dead(
+                msg,
+                INVALID_REQUEST,
+                f"orders route: {subject}: {exc}; hint: see schemas/orders.py",
+                out,
+            )
+            if subject in _ACTIONS:
+                acct, cid = _salvage(msg.data)
+                self._deny(msg, INVALID_REQUEST, str(exc), acct, cid, 0, out, record=False)
+            return
+        ts_stream = _js_timestamp(msg.reply) or msg.ts_recv
+        if isinstance(cmd, ControlCommand):
+            self._control(msg, cmd, ts_stream, out)
+            return
+        assert isinstance(cmd, SubmitOrder | CancelOrder | ReplaceOrder)
+        account = cmd.account_id
+        request_id = "" if isinstance(cmd, SubmitOrder) else cmd.request_id
+        if not _ACCOUNT_RE.fullmatch(account):
+            self._dead(
+                msg,
+                INVALID_ACCOUNT_ID,
+                f"orders route: account_id {account!r} must be 1-64 of [A-Za-z0-9_-]; "
+                "hint: account ids become subject tokens",
+                out,
+            )
+            self._deny(
+                msg,
+                INVALID_ACCOUNT_ID,
+                f"account_id {account!r} is not a valid id",
+                account,
+                cmd.client_order_id,
+                cmd.ts_submit,
+                out,
+                record=False,
+                request_id=request_id,
+            )
+            return
+        if cmd.ts_submit == 0:
+            # Unstamped (e.g. `nats req`): the stream's store time is "now", the same on replay.
+            cmd = msgspec.structs.replace(cmd, ts_submit=ts_stream)
+        if limits.require_declared_accounts and not limits.is_declared(account):
+            self._count(OUT)
+            self._deny(
+                msg,
+                "UNKNOWN_ACCOUNT",
+                f"account {account!r} is not declared in risk limits {limits.version}",
+                account,
+                cmd.client_order_id,
+                cmd.ts_submit,
+                out,
+                record=True,
+                request_id=request_id,
+            )
+            return
+        if isinstance(cmd, SubmitOrder):
+            key = (account, cmd.client_order_id)
+            if cmd.client_order_id and key not in self._known_orders:
+                self._known_orders.add(key)
+                self._matcher.register(account, cmd.client_order_id)
+                self._st.orders.append(key)
+        digest = hashlib.blake2b(msg.data, digest_size=16).digest()
+        self._to_account(account, Routed(account, cmd, _reply_to(msg), digest), out)
+
+    def _control(
+        self, msg: Message, cmd: ControlCommand, ts: int, out: list[Outgoing | Routed]
+    ) -> None:
+        if cmd.ts_event == 0:
+            cmd = msgspec.structs.replace(cmd, ts_event=ts)
+        if cmd.scope is ControlScope.GLOBAL:
+            self._st.global_control = cmd
+            targets = self._accounts | set(self._shared.limits.accounts)
+            targets.add(self._shared.limits.default_account)
+            for account in sorted(targets):
+                self._to_account(account, Routed(account, cmd), out)
+        else:
+            account = cmd.account_id or ""
+            if not _ACCOUNT_RE.fullmatch(account):
+                self._dead(
+                    msg,
+                    INVALID_ACCOUNT_ID,
+                    f"orders route: ACCOUNT control needs a valid account_id, got {account!r}; "
+                    "hint: use scope GLOBAL to halt everyone",
+                    out,
+                )
+                return
+            self._to_account(account, Routed(account, cmd), out)
+        self._count(OUT)
+        reply = _reply_to(msg)
+        if reply is not None:
+            out.append(Outgoing(reply, _encode(cmd)))
+
+    def _report(self, msg: Message, out: list[Outgoing | Routed]) -> None:
+        results = self._matcher.on_message(msg.data, msg.subject, msg.ts_recv)
+        if not results:  # the matcher had passed this (venue, exec id) already
+            self._count(DUPLICATE)
+            return
+        for res in results:
+            if isinstance(res, DeadLetter):
+                self._count(DEAD_LETTERED, res.reason)
+                dead = msgspec.structs.replace(res, stage=STAGE)
+                out.append(Outgoing(DLQ_SUBJECT, _encode(dead)))
+            elif isinstance(res, AlertRaised):
+                out.append(Outgoing(ALERTS_SUBJECT, _encode(res)))
+            else:
+                account, cid = res.account_id, res.client_order_id
+                assert account is not None and cid is not None
+                if res.venue_order_id is not None:
+                    vkey = (res.venue, res.venue_order_id)
+                    if vkey not in self._venue_keys:
+                        self._venue_keys.add(vkey)
+                        self._st.venue_ids.append((*vkey, account, cid))
+                self._to_account(account, Routed(account, res), out)
+
+    def _position(self, msg: Message, out: list[Outgoing | Routed]) -> None:
+        try:
+            pos = _position.decode(msg.data)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            self._dead(
+                msg,
+                INVALID_POSITION,
+                f"orders route: {msg.subject}: {exc}; hint: positions.<account> carries "
+                "schemas.canonical.Position",
+                out,
+            )
+            return
+        if not _ACCOUNT_RE.fullmatch(pos.account_id):
+            self._dead(msg, INVALID_ACCOUNT_ID, f"position for account {pos.account_id!r}", out)
+            return
+        self._to_account(pos.account_id, Routed(pos.account_id, pos), out)
+
+
+# ---------------------------------------------------------------------------------------
+# per account: risk, then the order state machine
+# ---------------------------------------------------------------------------------------
+class _AccountState(msgspec.Struct):
+    account_id: str
+    risk: bytes
+    orders: bytes
+    global_halted: bool
+    global_halt_reason: str
+    replies: list[tuple[bytes, bytes]]
+
+
+class _AccountLogic(StatefulBatchLogic[Routed, Outgoing, bytes]):
+    """One account's :class:`AccountRisk` and :class:`OrderManager`.
+
+    Bytewax's builder is not told the key, so the account comes from the first item.
+    Each account has its own :class:`RiskContext` (for its copy of the global kill
+    switch, which arrives by broadcast) sharing the process's limits, instruments and
+    market view.
+    """
+
+    def __init__(
+        self, shared: _Shared, config: OrdersConfig, accounting: Accounting, state: bytes | None
+    ) -> None:
+        self._shared = shared
+        self._config = config
+        self._accounting = accounting
+        self._ctx = RiskContext(shared.limits, shared.instruments, shared.market)
+        self._risk: AccountRisk | None = None
+        self._oms: OrderManager | None = None
+        self._replies: OrderedDict[bytes, bytes] = OrderedDict()
+        self._now = 0
+        if state is not None:
+            st = msgspec.msgpack.decode(state, type=_AccountState)
+            self._bind(st.account_id)
+            self._risk = AccountRisk.restore(st.risk, self._ctx)
+            self._oms = OrderManager.restore(st.orders)
+            self._ctx.global_halted = st.global_halted
+            self._ctx.global_halt_reason = st.global_halt_reason
+            self._replies = OrderedDict(st.replies)
+
+    def _bind(self, account: str) -> None:
+        self.account = account
+        self._risk = AccountRisk(account, self._ctx)
+        self._oms = OrderManager(account)
+        self._events = EVENTS_PREFIX + account
+        self._decisions = DECISIONS_PREFIX + account
+        self._fills = FILLS_PREFIX + account
+
+    def snapshot(self) -> bytes:
+        assert self._risk is not None and self._oms is not None
+        return msgspec.msgpack.encode(
+            _AccountState(
+                account_id=self.account,
+                risk=self._risk.snapshot(),
+                orders=self._oms.snapshot(),
+                global_halted=self._ctx.global_halted,
+                global_halt_reason=self._ctx.global_halt_reason,
+                replies=list(self._replies.items()),
+            )
+        )
+
+    def on_batch(self, values: list[Routed]) -> tuple[Iterable[Outgoing], bool]:
+        if self._risk is None:
+            self._bind(values[0].account)
+        limits = self._shared.current_limits()
+        if limits is not self._ctx.limits:
+            self._ctx.set_limits(limits)
+        out: list[Outgoing] = []
+        outs = dups = 0
+        for r in values:
+            item = r.item
+            if isinstance(item, ControlCommand):
+                self._control(item)
+                continue  # counted once by the router
+            if r.digest is not None:
+                cached = self._replies.get(r.digest)
+                if cached is not None:
+                    dups += 1
+                    if r.reply_to is not None:
+                        out.append(Outgoing(r.reply_to, cached))
+                    continue
+            outs += 1
+            if isinstance(item, SubmitOrder):
+                self._submit(item, r, out)
+            elif isinstance(item, CancelOrder):
+                self._cancel(item, r, out)
+            elif isinstance(item, ReplaceOrder):
+                self._replace(item, r, out)
+            elif isinstance(item, ExecutionReport):
+                if not self._report(item, out):
+                    outs -= 1
+                    dups += 1
+            else:
+                self._on_position(item, out)
+        self._accounting.add(STAGE, {("-", OUT): outs, ("-", DUPLICATE): dups})
+        return out, StatefulBatchLogic.RETAIN
+
+    # -- outputs -----------------------------------------------------------------------------
+    def _answer(self, decision: RiskDecision, r: Routed, out: list[Outgoing]) -> None:
+        data = _encode(decision)
+        if r.reply_to is not None:
+            out.append(Outgoing(r.reply_to, data))
+        out.append(Outgoing(self._decisions, data))
+        if r.digest is not None:
+            replies = self._replies
+            replies[r.digest] = data
+            if len(replies) > self._config.reply_cache_size:
+                replies.popitem(last=False)
+
+    def _apply(self, results: Iterable[OrderEvent | AlertRaised], out: list[Outgoing]) -> None:
+        assert self._risk is not None
+        for res in results:
+            if isinstance(res, OrderEvent):
+                self._risk.on_order_event(res)
+                out.append(Outgoing(self._events, _encode(res)))
+            else:
+                out.append(Outgoing(ALERTS_SUBJECT, _encode(res)))
+
+    def _venue_command(
+        self, instrument_id: str, order_id: str, cmd: object, tag: str, out: list[Outgoing]
+    ) -> None:
+        inst = self._shared.instruments.get(instrument_id)
+        venue = inst.venue if inst is not None else "UNKNOWN"
+        out.append(
+            Outgoing(
+                VENUE_PREFIX + venue,
+                _encode(cmd),
+                {ORDER_ID_HEADER: order_id, MSG_ID_HEADER: f"{order_id}:{tag}"},
+            )
+        )
+
+    # -- commands ----------------------------------------------------------------------------
+    def _control(self, cmd: ControlCommand) -> None:
+        assert self._risk is not None
+        if cmd.scope is ControlScope.GLOBAL:
+            self._ctx.global_halted = cmd.action is ControlAction.HALT
+            self._ctx.global_halt_reason = cmd.reason if self._ctx.global_halted else ""
+        else:
+            self._risk.on_control(cmd)
+
+    def _submit(self, order: SubmitOrder, r: Routed, out: list[Outgoing]) -> None:
+        assert self._risk is not None and self._oms is not None
+        self._expire(order.ts_submit, out)
+        decision = self._risk.check_submit(order)
+        self._answer(decision, r, out)
+        self._apply(self._oms.on_submit(order, decision), out)
+        if decision.approved:
+            rec = self._oms.get(order.client_order_id)
+            assert rec is not None
+            self._venue_command(order.instrument_id, rec.order_id, order, "submit", out)
+
+    def _request_outcome(
+        self, decision: RiskDecision, results: list[OrderEvent | AlertRaised], requested: str
+    ) -> RiskDecision:
+        """Risk approved, but the order state machine may still refuse: answer with that."""
+        if not decision.approved:
+            return decision
+        for res in results:
+            if isinstance(res, AlertRaised) and res.alert == UNKNOWN_ORDER:
+                return msgspec.structs.replace(
+                    decision, approved=False, reason=UNKNOWN_ORDER, detail=res.detail
+                )
+            if isinstance(res, OrderEvent) and res.event != requested:
+                return msgspec.structs.replace(
+                    decision,
+                    approved=False,
+                    reason=res.reason or res.event,
+                    detail=res.detail or "",
+                )
+        return decision
+
+    def _cancel(self, cmd: CancelOrder, r: Routed, out: list[Outgoing]) -> None:
+        assert self._risk is not None and self._oms is not None
+        self._expire(cmd.ts_submit, out)
+        decision = self._risk.check_cancel(cmd)
+        results = self._oms.on_cancel(cmd, decision)
+        final = self._request_outcome(decision, results, "CANCEL_REQUESTED")
+        self._answer(final, r, out)
+        self._apply(results, out)
+        if final.approved:
+            rec = self._oms.get(cmd.client_order_id)
+            assert rec is not None
+            tag = f"cancel:{cmd.request_id or cmd.ts_submit}"
+            self._venue_command(rec.instrument_id, rec.order_id, cmd, tag, out)
+
+    def _replace(self, cmd: ReplaceOrder, r: Routed, out: list[Outgoing]) -> None:
+        assert self._risk is not None and self._oms is not None
+        self._expire(cmd.ts_submit, out)
+        decision = self._risk.check_replace(cmd)
+        results = self._oms.on_replace(cmd, decision)
+        final = self._request_outcome(decision, results, "REPLACE_REQUESTED")
+        self._answer(final, r, out)
+        self._apply(results, out)
+        if final.approved:
+            rec = self._oms.get(cmd.client_order_id)
+            assert rec is not None
+            tag = f"replace:{cmd.request_id or cmd.ts_submit}"
+            self._venue_command(rec.instrument_id, rec.order_id, cmd, tag, out)
+
+    def _expire(self, now: int, out: list[Outgoing]) -> None:
+        """DAY/GTD expiry runs on the account's own event time (its latest input)."""
+        assert self._oms is not None
+        if now > self._now:
+            self._now = now
+            self._apply(self._oms.on_time(now), out)
+
+    # -- venue and portfolio -----------------------------------------------------------------
+    def _report(self, rep: ExecutionReport, out: list[Outgoing]) -> bool:
+        """Apply one report; False when the order state machine had seen its exec id."""
+        assert self._oms is not None
+        self._expire(rep.ts_event, out)
+        before = self._oms.duplicates
+        results = self._oms.on_execution_report(rep)
+        if self._oms.duplicates != before:
+            return False
+        self._apply(results, out)
+        for res in results:
+            if isinstance(res, OrderEvent) and res.last_qty is not None and res.last_px is not None:
+                out.append(Outgoing(self._fills, _encode(self._fill(rep, res))))
+        return True
+
+    def _fill(self, rep: ExecutionReport, ev: OrderEvent) -> Fill:
+        assert ev.last_qty is not None and ev.last_px is not None
+        currency = rep.fee_currency
+        if currency is None:
+            inst = self._shared.instruments.get(ev.instrument_id)
+            currency = inst.quote if inst is not None else ""
+        return Fill(
+            exec_id=rep.exec_id,
+            order_id=ev.order_id,
+            client_order_id=ev.client_order_id,
+            account_id=ev.account_id,
+            instrument_id=ev.instrument_id,
+            side=ev.side,
+            quantity=ev.last_qty,
+            price=ev.last_px,
+            fee=rep.fee if rep.fee is not None and rep.fee.is_finite() else _ZERO,
+            fee_currency=currency,
+            # A report without liquidity is booked as taker: the costlier, safer guess.
+            liquidity=rep.liquidity or Liquidity.TAKER,
+            ts_event=rep.ts_event,
+        )
+
+    def _on_position(self, pos: Position, out: list[Outgoing]) -> None:
+        assert self._risk is not None
+        alert = self._risk.on_position(pos)
+        if alert is not None:
+            out.append(Outgoing(ALERTS_SUBJECT, _encode(alert)))
+
+
+# ---------------------------------------------------------------------------------------
+# market data
+# ---------------------------------------------------------------------------------------
+class _MarketData:
+    """Quotes and trades into the shared market view; everything else skipped by prefix."""
+
+    def __init__(self, market: MarketView, accounting: Accounting) -> None:
+        self._market = market
+        self._accounting = accounting
+
+    def __call__(self, batch: list[Message]) -> list[Outgoing]:
+        on_tick = self._market.on_tick
+        decode = _tick.decode
+        dead: list[Outgoing] = []
+        reasons: list[str] = []
+        for msg in batch:
+            data = msg.data
+            if data.startswith(_SKIP_KINDS):
+                continue
+            try:
+                tick = decode(data)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                reasons.append(INVALID_TICK)
+                dl = DeadLetter(
+                    stage=MD_STAGE,
+                    reason=INVALID_TICK,
+                    detail=f"orders market data: {exc}; hint: md.ticks carries a canonical Tick",
+                    payload=data,
+                    subject=msg.subject,
+                    ts_recv=msg.ts_recv,
+                )
+                dead.append(Outgoing("dlq." + MD_STAGE, _encode(dl)))
+                continue
+            if isinstance(tick, Quote | TradeTick):
+                on_tick(tick)
+        n = len(batch)
+        self._accounting.add(
+            MD_STAGE, {("-", IN): n, ("-", OUT): n - len(dead), ("-", DEAD_LETTERED): len(dead)}
+        )
+        if reasons:
+            self._accounting.add_reasons(MD_STAGE, reasons)
+        return dead
+
+
+# ---------------------------------------------------------------------------------------
+# wiring
+# ---------------------------------------------------------------------------------------
+def _is_outgoing(item: Outgoing | Routed) -> TypeGuard[Outgoing]:
+    return isinstance(item, Outgoing)
+
+
+def build_flow(
+    orders: Source[Message],
+    sink: Sink[Outgoing],
+    *,
+    reports: Source[Message] | None = None,
+    positions: Source[Message] | None = None,
+    market_data: Source[Message] | None = None,
+    config: OrdersConfig | None = None,
+    limits: RiskLimits | None = None,
+    instruments: InstrumentRegistry | None = None,
+    accounting: Accounting | None = None,
+    flow_id: str = "orders",
+) -> Dataflow:
+    """Wire the orders flow between any Message sources and any Outgoing sink.
+
+    ``limits`` fixes the limits (tests); otherwise they come from ``config.risk_path``
+    (or ``TRADE2026_RISK``) and are reloaded while the flow runs.
+    """
+    cfg = config or OrdersConfig()
+    acct = accounting or Accounting()
+    registry = instruments or load_instruments(cfg.instruments_path)
+    watcher = None
+    if limits is None:
+        path = Path(cfg.risk_path or os.environ.get("TRADE2026_RISK") or DEFAULT_PATH)
+        watcher = RiskConfigWatcher(path)
+        limits = watcher.limits
+    shared = _Shared(limits, registry, watcher)
+
+    flow = Dataflow(flow_id)
+    inputs = [op.input("orders_in", flow, orders)]
+    if reports is not None:
+        inputs.append(op.input("reports_in", flow, reports))
+    if positions is not None:
+        inputs.append(op.input("positions_in", flow, positions))
+    merged = op.merge("merge_inputs", *inputs) if len(inputs) > 1 else inputs[0]
+    routed = op.stateful_batch(
+        "route",
+        op.key_on("to_router", merged, lambda _m: _ROUTER_KEY),
+        lambda state: _RouterLogic(shared, cfg, acct, state),
+    )
+    split = op.branch("split_routed", op.key_rm("unkey_route", routed), _is_outgoing)
+    direct: op.Stream[Outgoing] = split.trues
+    to_accounts: op.Stream[Routed] = split.falses  # type: ignore[assignment]
+    decided = op.stateful_batch(
+        "account",
+        op.key_on("by_account", to_accounts, lambda r: r.account),
+        lambda state: _AccountLogic(shared, cfg, acct, state),
+    )
+    streams = [direct, op.key_rm("unkey_account", decided)]
+    if market_data is not None:
+        md = op.input("md_in", flow, market_data)
+        streams.append(op.flat_map_batch("market_view", md, _MarketData(shared.market, acct)))
+    op.output("publish", op.merge("merge_outputs", *streams), sink)
+    return flow
+
+
+#: Source poll back-off when idle. The order path pays it as latency on the first
+#: message after a quiet spell, so it is short for orders and reports and long for
+#: the inputs that only refresh risk's view.
+ORDERS_IDLE_WAIT = timedelta(microseconds=500)
+BACKGROUND_IDLE_WAIT = timedelta(milliseconds=5)
+
+
+def production_flow(ctx: RunContext) -> Dataflow:
+    """``trade2026 run orders``: the ORDERS stream and the live subjects, over NATS.
+
+    Creates the ``ORDERS`` stream first if needed, so the flow can start before any
+    client. Recovery (the resume point and every account's state) needs Bytewax's
+    ``recovery_config``; without it a restart replays the stream from its start and
+    relies on de-duplication only within the process's lifetime.
+    """
+    from sinks.nats import NatsSink
+    from sources.nats import JetStreamSource, NatsSource
+    from trade2026.natsloop import NatsLoop, connect
+    from trade2026.orderclient import ensure_order_streams
+
+    async def _ensure() -> None:
+        nc = await connect(ctx.nats, step="orders flow: ensure stream ORDERS")
+        try:
+            await ensure_order_streams(nc.jetstream())
+        finally:
+            await nc.close()
+
+    loop = NatsLoop.acquire()
+    try:
+        loop.run(_ensure(), timeout_s=ctx.nats.connect_timeout_s + 10.0)
+    finally:
+        NatsLoop.release(loop)
+
+    stop, idle = ctx.stop_after, ctx.idle_timeout_s
+    # One filter over the whole stream: one partition, so a kill switch and the orders
+    # around it are decided in the order the stream stored them.
+    orders = JetStreamSource(
+        ORDERS_STREAM,
+        ORDERS_FILTER,
+        ctx.nats,
+        idle_wait=ORDERS_IDLE_WAIT,
+        stop_after=stop,
+        idle_timeout_s=idle,
+    )
+
+    def core(subject: str, wait: timedelta) -> NatsSource:
+        return NatsSource(subject, ctx.nats, idle_wait=wait, stop_after=stop, idle_timeout_s=idle)
+
+    return build_flow(
+        orders,
+        NatsSink(ctx.nats),
+        reports=core(EXEC_PREFIX + ">", ORDERS_IDLE_WAIT),
+        positions=core(POSITIONS_PREFIX + ">", BACKGROUND_IDLE_WAIT),
+        market_data=core("md.ticks.>", BACKGROUND_IDLE_WAIT),
+        accounting=ctx.accounting,
+    )

@@ -7,8 +7,9 @@ check), the global kill switch, and one :class:`AccountRisk` per account. An
 the day's P&L, its kill switch), so a flow keyed by account can keep one per key and
 hand them the same :class:`RiskContext`.
 
-Time. "Now" is always the command's own ``ts_submit``; market data carries its
-``ts_event``. Nothing here reads a clock, so a replay decides exactly as the live run did.
+Time. "Now" is always the command's own ``ts_submit``; market data is dated by its
+``ts_recv``, the same (our) clock, since venue clocks drift. Nothing here reads a clock,
+so a replay decides exactly as the live run did.
 
 Denial codes (stable, upper case; checked in this order, first failure wins):
 
@@ -111,24 +112,27 @@ class MarketView:
     def __init__(self) -> None:
         self._refs: dict[str, tuple[Decimal, int]] = {}
 
-    def on_trade(self, instrument_id: str, price: Decimal, ts_event: int) -> None:
+    def on_trade(self, instrument_id: str, price: Decimal, ts: int) -> None:
         if price.is_finite() and price > 0:
-            self._update(instrument_id, price, ts_event)
+            self._update(instrument_id, price, ts)
 
-    def on_quote(self, instrument_id: str, bid: Decimal, ask: Decimal, ts_event: int) -> None:
+    def on_quote(self, instrument_id: str, bid: Decimal, ask: Decimal, ts: int) -> None:
         if bid.is_finite() and ask.is_finite() and bid > 0 and ask >= bid:
-            self._update(instrument_id, (bid + ask) / _TWO, ts_event)
+            self._update(instrument_id, (bid + ask) / _TWO, ts)
 
     def on_tick(self, tick: TradeTick | Quote) -> None:
+        # Staleness is judged on our receive clock, the clock that stamps orders too:
+        # venue clocks drift (the sample Binance capture runs ~1.3 s ahead of ours) and
+        # spot quotes carry no venue time at all.
         if isinstance(tick, TradeTick):
-            self.on_trade(tick.instrument_id, tick.price, tick.ts_event)
+            self.on_trade(tick.instrument_id, tick.price, tick.ts_recv)
         else:
-            self.on_quote(tick.instrument_id, tick.bid_price, tick.ask_price, tick.ts_event)
+            self.on_quote(tick.instrument_id, tick.bid_price, tick.ask_price, tick.ts_recv)
 
-    def _update(self, instrument_id: str, price: Decimal, ts_event: int) -> None:
+    def _update(self, instrument_id: str, price: Decimal, ts: int) -> None:
         prev = self._refs.get(instrument_id)
-        if prev is None or ts_event >= prev[1]:  # out-of-order ticks never move time back
-            self._refs[instrument_id] = (price, ts_event)
+        if prev is None or ts >= prev[1]:  # out-of-order ticks never move time back
+            self._refs[instrument_id] = (price, ts)
 
     def reference(self, instrument_id: str) -> tuple[Decimal, int] | None:
         return self._refs.get(instrument_id)

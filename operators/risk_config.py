@@ -49,7 +49,7 @@ class AccountLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: Fat-finger band: a limit price more than this many basis points from the
     #: reference (last trade, else mid) is denied.
     price_band_bps: Decimal | None = None
-    #: Market data older than this (event time, vs the order's ts) is stale: market
+    #: Market data older than this (its receive time vs the order's ts) is stale: market
     #: orders are refused and the price band is not applied.
     max_market_data_age_ns: int | None = None
 

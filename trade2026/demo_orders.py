@@ -123,7 +123,8 @@ class _Market:
     async def on_tick(self, msg: Any) -> None:
         self.ticks += 1
         tick = self._decode(msg.data)
-        self.now_ns = max(self.now_ns, tick.ts_event)
+        # Orders are stamped on the receive clock, the one risk judges staleness on.
+        self.now_ns = max(self.now_ns, tick.ts_recv)
         if isinstance(tick, Quote):
             self.quotes[tick.instrument_id] = tick
 

@@ -163,6 +163,12 @@ class SuiteValidator:
     def __init__(self, suite: str, suites_path: str | Path | None = None, examples: int = 5):
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx
+
+        # GX pins this logger to INFO and announces every ephemeral docs site on it: noise
+        # beside a flow's logs, so it follows the root level (at least WARNING) instead.
+        quiet = max(logging.WARNING, logging.getLogger().getEffectiveLevel())
+        for name in ("great_expectations", "great_expectations.data_context.types.base"):
+            logging.getLogger(name).setLevel(quiet)
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         from operators.quality.suites import load_suite, load_suite_json

@@ -8,23 +8,19 @@ code under test.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from decimal import Decimal
 
-import msgspec
 import pytest
-from bytewax.testing import run_main
 
-from schemas.canonical import Quote
 from schemas.common import Side
 from sources.recorded import merge_recorded
 from trade2026.accounting import Accounting
 from trade2026.demo_orders import load_scenario, print_result, run_order_scenario
-from trade2026.flowregistry import RunContext, build_normalize
+from trade2026.flowregistry import RunContext
+from trade2026.localstack import LocalStack
 from trade2026.natsconf import NatsConfig
-from trade2026.natsloop import NatsLoop
 from trade2026.sample import sample_files
 
 
@@ -43,51 +39,14 @@ def _wait(cond, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def
 
 @pytest.mark.slow
 def test_scripted_orders_fill_deny_cancel_and_move_positions(own_nats_server) -> None:  # type: ignore[no-untyped-def]
-    pytest.importorskip("flows.orders", reason="the orders flow (issue 3, another engineer)")
-    from flows import orders as orders_flow
-    from flows import portfolio, venue
-
     config = NatsConfig(servers=(own_nats_server.url,))
     acct = Accounting()
-    ctx = RunContext(nats=config, accounting=acct, idle_timeout_s=4.0)
-    norm_flow, norm_src = build_normalize(ctx)
-    venue_flow, venue_src = venue.build_production(ctx)
-    pf_flow, pf_src = portfolio.build_production(ctx)
-    flows = [norm_flow, orders_flow.production_flow(ctx), venue_flow, pf_flow]
-    failures: list[BaseException] = []
-
-    def run(flow) -> None:  # type: ignore[no-untyped-def]
-        try:
-            run_main(flow)
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run, args=(f,), daemon=True) for f in flows]
-    for t in threads:
-        t.start()
-    assert _wait(lambda: norm_src.stats and len(venue_src.stats) == 2 and len(pf_src.stats) == 2)
-    # The orders flow hides its sources: wait until its market-data input took a probe.
-    probe = Quote("BNBUSDT.BINANCE", Decimal(1), Decimal(1), Decimal(2), Decimal(1), 0, 1, 1)
-    loop = NatsLoop.acquire()
-    try:
-        nc = loop.connect(config)
-        # the probe is lost if it beats the subscription, so send it until it is seen
-        deadline = time.monotonic() + 20
-        while acct.stage("orders_md").records_in < 1 and time.monotonic() < deadline:
-            assert not failures, failures
-            loop.run(nc.publish("md.ticks.BNBUSDT.BINANCE", msgspec.json.encode(probe)))
-            loop.run(nc.flush())
-            time.sleep(0.1)
-        assert acct.stage("orders_md").records_in >= 1, "the orders flow never took market data"
-        loop.run(nc.close())
-    finally:
-        NatsLoop.release(loop)
+    stack = LocalStack(RunContext(nats=config, accounting=acct, idle_timeout_s=4.0)).start()
 
     lines = list(merge_recorded([str(f) for f in sample_files()]))
     result = run_order_scenario(own_nats_server.url, lines)
-    for t in threads:
-        t.join(timeout=30)
-    assert not failures, failures
+    stack.join(timeout_s=30)
+    stack.check()
     print_result(result)
 
     steps = {s.step.client_order_id: s for s in result.steps if s.step.action == "submit"}

@@ -1,9 +1,13 @@
-"""``trade2026 demo``: the whole foundation path on embedded defaults, in under a minute.
+"""``trade2026 demo``: the platform on embedded defaults, in under a minute.
 
-It starts a local nats-server when none answers at NATS_URL, runs the normalize
-flow, replays the bundled Binance recordings through NATS, then sends a handful of
-deliberately broken messages (and a few re-sent trades) so the dead-letter and
-de-duplication paths show up in the summary. Everything it started, it stops.
+It starts a local nats-server when none answers at NATS_URL and runs the normalize,
+orders, venue and portfolio flows. It replays the bundled Binance recordings through
+NATS while a scripted order scenario (data/scenarios) submits orders against them:
+some are denied by risk, some filled, partly filled, canceled or replaced. It then
+sends a handful of deliberately broken messages (and a few re-sent trades) so the
+dead-letter and de-duplication paths show up, prints the accounting, the orders,
+positions and P&L, validates the outputs against the GX suites and writes the quality
+report. Everything it started, it stops.
 """
 
 from __future__ import annotations
@@ -85,45 +89,47 @@ def demo_command(nats_url: str, speed: str, quiet: bool, paths: tuple[Path, ...]
 
 def _run(url: str, files: list[Path], speed: float | None, quiet: bool) -> int:
     import asyncio
-    import threading
 
-    from bytewax.testing import run_main
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from sources.recorded import Pacer, RecordedLine, merge_recorded, replay_to_nats
+    from sources.recorded import RecordedLine, merge_recorded
     from trade2026.accounting import Accounting
-    from trade2026.flowregistry import RunContext, build_normalize
+    from trade2026.demo_orders import print_result, run_order_scenario
+    from trade2026.flowregistry import RunContext
+    from trade2026.localstack import LocalStack
     from trade2026.natsconf import NatsConfig
     from trade2026.natsloop import NatsLoop
 
     console = Console()
     lines: list[RecordedLine] = list(merge_recorded([str(f) for f in files]))
     trades = [ln for ln in lines if b"@trade" in ln.data[:40]][-_RESENT_TRADES:]
-    extra = [(s, d) for s, d in _BAD_MESSAGES] + [(t.subject, t.data) for t in trades]
+    extra = [*_BAD_MESSAGES, *((t.subject, t.data) for t in trades)]
     total = len(lines) + len(extra)
 
     config = NatsConfig.from_env(servers=(url,), name="trade2026-demo")
     acct = Accounting()
-    ctx = RunContext(nats=config, accounting=acct, stop_after=total, idle_timeout_s=15.0)
-    flow, source = build_normalize(ctx)
-    failure: list[BaseException] = []
-
-    def run_flow() -> None:
-        try:
-            run_main(flow)
-        except BaseException as exc:  # surfaced below, never swallowed
-            failure.append(exc)
+    # The flows end once no input arrived for a few seconds after the replay.
+    ctx = RunContext(nats=config, accounting=acct, idle_timeout_s=4.0)
+    console.print("starting flows: normalize, orders (risk + order state), venue, portfolio")
+    try:
+        stack = LocalStack(ctx).start()
+    except RuntimeError as exc:
+        console.print(f"[red]error: demo: {exc}[/red]")
+        return exitcodes.RUN_FAILED
 
     loop = NatsLoop.acquire()
+    ticks: list[bytes] = []
+    seen: Counter[str] = Counter()
     try:
         nc = loop.connect(config)
-        seen: Counter[str] = Counter()
 
         async def count(msg) -> None:  # type: ignore[no-untyped-def]
             head = msg.data[:24]
             kind = head[9 : head.find(b'"', 9)].decode() if head.startswith(b'{"kind":"') else "?"
             seen[kind] += 1
+            if msg.subject.startswith("md.ticks.") and kind != "?":
+                ticks.append(msg.data)
 
         async def subscribe() -> None:
             for subject in ("md.ticks.>", "md.gaps.>", "dlq.normalize"):
@@ -131,14 +137,8 @@ def _run(url: str, files: list[Path], speed: float | None, quiet: bool) -> int:
             await nc.flush()
 
         loop.run(subscribe())
-        thread = threading.Thread(target=run_flow, name="normalize-flow", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 20
-        while not source.stats and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not source.stats:
-            console.print("[red]error: demo: the normalize flow did not subscribe in time[/red]")
-            return exitcodes.RUN_FAILED
+        seen.clear()
+        ticks.clear()  # the orders flow's start-up probe is not market data
 
         t0 = time.perf_counter()
         with Progress(
@@ -150,12 +150,9 @@ def _run(url: str, files: list[Path], speed: float | None, quiet: bool) -> int:
             disable=quiet,
             transient=True,
         ) as progress:
-            task = progress.add_task("replaying", total=len(lines))
-            pacer = Pacer(speed, time.monotonic_ns, asyncio.sleep)
-            summary = loop.run(
-                replay_to_nats(
-                    lines, nc, pacer=pacer, progress=lambda n: progress.update(task, completed=n)
-                )
+            task = progress.add_task("replaying market data and orders", total=len(lines))
+            result = run_order_scenario(
+                url, lines, progress=lambda n: progress.update(task, completed=n)
             )
 
             async def send_extra() -> None:
@@ -164,31 +161,96 @@ def _run(url: str, files: list[Path], speed: float | None, quiet: bool) -> int:
                 await nc.flush()
 
             loop.run(send_extra())
-            progress.update(task, description="normalizing")
-            thread.join(timeout=60)
+            progress.update(task, description="draining the flows")
+            stack.join(timeout_s=60)
         elapsed = time.perf_counter() - t0
 
         async def settle() -> None:
             await nc.flush()
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.2)
+            await nc.close()
 
         loop.run(settle())
-        nc_close = nc.close()
-        loop.run(nc_close)
     finally:
         NatsLoop.release(loop)
 
-    if failure:
-        console.print(f"[red]error: demo: the normalize flow failed: {failure[0]!r}[/red]")
+    if stack.failures:
+        console.print(f"[red]error: demo: a flow failed: {stack.failures[0]!r}[/red]")
         return exitcodes.RUN_FAILED
-    _print_summary(console, acct, seen, summary.messages + len(extra), elapsed)
+    _print_summary(console, acct, seen, total, elapsed)
+    print_result(result, console)
+    report = _quality_report(console, acct, ticks, result)
+    if report is not None:
+        console.print(f"quality report: {report}")
     totals = acct.stage("normalize")
-    return exitcodes.OK if totals.balanced and totals.records_in == total else exitcodes.RUN_FAILED
+    surprises = _unexpected_outcomes(result)
+    for line in surprises:
+        console.print(f"[red]error: demo: {line}[/red]")
+    ok = totals.balanced and totals.records_in == total and not surprises
+    return exitcodes.OK if ok else exitcodes.RUN_FAILED
+
+
+def _unexpected_outcomes(result: object) -> list[str]:
+    """Orders whose final status differs from what the scenario says it must be."""
+    from trade2026.demo_orders import ScenarioResult
+
+    assert isinstance(result, ScenarioResult)
+    final = {(o.account, o.client_order_id): o.status for o in result.orders}
+    out = []
+    for outcome in result.steps:
+        step = outcome.step
+        if step.action != "submit" or step.expect is None:
+            continue
+        status = final.get((step.account, step.client_order_id))
+        if status is None and not outcome.approved:
+            status = "DENIED"
+        if status != step.expect:
+            out.append(f"order {step.client_order_id} ended {status}, expected {step.expect}")
+    return out
+
+
+def _quality_report(
+    console: object, acct: object, ticks: list[bytes], result: object
+) -> Path | None:
+    """Validate what the demo produced against the GX suites and write the HTML report."""
+    import msgspec
+
+    from operators.quality.batch import BatchValidator, BatchValidatorConfig, record_accounting
+    from operators.quality.report import build_report
+    from schemas.canonical import Tick
+    from trade2026.accounting import Accounting
+    from trade2026.demo_orders import ScenarioResult
+    from trade2026.flowregistry import state_dir
+
+    assert isinstance(acct, Accounting) and isinstance(result, ScenarioResult)
+    store = Path(state_dir()) / "quality"
+    decode = msgspec.json.Decoder(Tick).decode
+    batches = {
+        "ticks": [decode(b) for b in ticks],
+        "fills": list(result.fills),
+        "positions": list(result.positions),
+    }
+    for stage, records in batches.items():
+        if not records:
+            continue
+        validator = BatchValidator(
+            BatchValidatorConfig(stage=stage, store=str(store), batch_rows=len(records)),
+            clock=time.time_ns,
+        ).start()
+        validator.offer_many(records)
+        stats = validator.close(timeout=60)
+        verdict = "passed" if stats.failed_batches == 0 and stats.errored_batches == 0 else "FAILED"
+        click.echo(
+            f"quality: {stage}: {len(records):,} records checked against its GX suite: {verdict}"
+        )
+    record_accounting(acct, store, time.time_ns())
+    return build_report(store, store / "report")
 
 
 def _print_summary(
     console: object, acct: object, seen: Counter[str], published: int, elapsed: float
 ) -> None:
+    """The normalize stage's accounting, what came back from NATS, and throughput."""
     from rich.console import Console
     from rich.table import Table
 
@@ -231,6 +293,6 @@ def _print_summary(
         "sequence problems: " + (", ".join(f"{p}={n}" for p, n in problems.items()) or "none")
     )
     console.print(
-        f"published {published:,} raw messages; end to end {elapsed:.2f}s "
-        f"= {published / elapsed:,.0f} msg/s through NATS and the flow"
+        f"published {published:,} raw messages and the order scenario in {elapsed:.2f}s "
+        "(replay paused at each scripted order for its decision)"
     )

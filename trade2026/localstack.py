@@ -1,0 +1,110 @@
+"""Run several production flows in threads of this process, for the demo and the tests.
+
+A flow is "up" once its NATS subscriptions exist; until then a publish is simply lost
+on core NATS. :class:`LocalStack` starts the order-path flows over NATS and waits until
+each one listens, so callers can publish right after :meth:`LocalStack.start` returns.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+
+from bytewax.dataflow import Dataflow
+
+from trade2026.flowregistry import RunContext
+
+
+def wait_until(cond: Callable[[], object], timeout_s: float = 20.0, poll_s: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    return bool(cond())
+
+
+class LocalStack:
+    """normalize (core NATS), orders, venue and portfolio flows in daemon threads."""
+
+    def __init__(self, ctx: RunContext, *, order_path: bool = True) -> None:
+        self.ctx = ctx
+        self.order_path = order_path
+        self.failures: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+        self.normalize_source: object = None
+
+    def _run(self, name: str, flow: Dataflow) -> None:
+        from bytewax.testing import run_main
+
+        def target() -> None:
+            try:
+                run_main(flow)
+            except BaseException as exc:  # surfaced by check(), never swallowed
+                self.failures.append(exc)
+
+        thread = threading.Thread(target=target, name=f"flow-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def start(self, timeout_s: float = 30.0) -> LocalStack:
+        from trade2026.flowregistry import build_normalize
+
+        flow, norm_src = build_normalize(self.ctx)
+        self.normalize_source = norm_src
+        self._run("normalize", flow)
+        listening: list[Callable[[], object]] = [lambda: norm_src.stats]
+        if self.order_path:
+            from flows import orders, portfolio, venue
+
+            venue_flow, venue_src = venue.build_production(self.ctx)
+            pf_flow, pf_src = portfolio.build_production(self.ctx)
+            self._run("orders", orders.production_flow(self.ctx))
+            self._run("venue", venue_flow)
+            self._run("portfolio", pf_flow)
+            listening += [lambda: len(venue_src.stats) == 2, lambda: len(pf_src.stats) == 2]
+        if not wait_until(lambda: all(c() for c in listening) or self.failures, timeout_s):
+            raise RuntimeError("local stack: flows did not subscribe in time; hint: see logs")
+        self.check()
+        if self.order_path:
+            self._wait_for_orders_flow(timeout_s)
+        return self
+
+    def _wait_for_orders_flow(self, timeout_s: float) -> None:
+        """The orders flow hides its sources: wait until its market-data input took a probe.
+
+        The probe is lost if it beats the subscription, so it is re-sent until counted.
+        """
+        import msgspec
+
+        from schemas.canonical import Quote
+        from trade2026.natsloop import NatsLoop
+
+        probe = Quote("BNBUSDT.BINANCE", Decimal(1), Decimal(1), Decimal(2), Decimal(1), 0, 1, 1)
+        data = msgspec.json.encode(probe)
+        acct = self.ctx.accounting
+        loop = NatsLoop.acquire()
+        try:
+            nc = loop.connect(self.ctx.nats)
+            deadline = time.monotonic() + timeout_s
+            while acct.stage("orders_md").records_in < 1 and time.monotonic() < deadline:
+                self.check()
+                loop.run(nc.publish("md.ticks.BNBUSDT.BINANCE", data))
+                loop.run(nc.flush())
+                time.sleep(0.1)
+            loop.run(nc.close())
+        finally:
+            NatsLoop.release(loop)
+        if acct.stage("orders_md").records_in < 1:
+            raise RuntimeError("local stack: the orders flow never took market data")
+
+    def check(self) -> None:
+        if self.failures:
+            raise RuntimeError(f"local stack: a flow failed: {self.failures[0]!r}")
+
+    def join(self, timeout_s: float = 60.0) -> bool:
+        """Wait for every flow to end (they stop after ``ctx.idle_timeout_s`` idle)."""
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)

@@ -29,7 +29,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy flows operators sinks schemas sources trade2026
+	$(BIN)/mypy flows operators sinks schemas sources trade2026 engines benchmarks
 
 bench: $(STAMP)
 	$(BIN)/trade2026 bench normalize

@@ -9,7 +9,7 @@ import click
 
 def contract_types() -> dict[str, type]:
     """Every record that crosses a process boundary, by the name docs/contract.md uses."""
-    from schemas import canonical
+    from schemas import canonical, orders
     from schemas.transport import Message
     from schemas.venues import binance, coinbase
 
@@ -23,6 +23,13 @@ def contract_types() -> dict[str, type]:
         "OrderEvent": canonical.OrderEvent,
         "Fill": canonical.Fill,
         "Position": canonical.Position,
+        "SubmitOrder": orders.SubmitOrder,
+        "CancelOrder": orders.CancelOrder,
+        "ReplaceOrder": orders.ReplaceOrder,
+        "ControlCommand": orders.ControlCommand,
+        "RiskDecision": orders.RiskDecision,
+        "ExecutionReport": orders.ExecutionReport,
+        "AlertRaised": orders.AlertRaised,
         "BinanceTrade": binance.BinanceTrade,
         "BinanceBookTicker": binance.BinanceBookTicker,
         "BinanceDepthUpdate": binance.BinanceDepthUpdate,

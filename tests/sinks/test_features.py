@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import shutil
 import socket
+import subprocess
+import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -22,7 +25,6 @@ from sinks.features import FeatureStoreSink, data_dir, push_online, store_rows, 
 from tests.feature_samples import merged_ticks
 
 REPO_SRC = Path(__file__).resolve().parents[2] / "feature_repo"
-REDIS = ("127.0.0.1", 6379)
 
 
 def make_repo(tmp: Path, yaml: str = "feature_store.yaml", project: str | None = None) -> Path:
@@ -256,12 +258,46 @@ def _row(end_s: int, close: str):
     return store_rows([bar])["instrument_bars_1m"]
 
 
-def _redis_up() -> bool:
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server on a free port, keeping nothing on disk."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server binary on PATH to test the production (Redis) online store")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        with socket.create_connection(REDIS, timeout=0.5):
-            return True
-    except OSError:
-        return False
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail(f"redis-server did not start on port {port}")
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_sqlite_online_is_last_write_wins(tmp_path: Path) -> None:
@@ -272,12 +308,11 @@ def test_sqlite_online_is_last_write_wins(tmp_path: Path) -> None:
     assert got.to_dict()["close"] == [100.0]
 
 
-@pytest.mark.skipif(
-    not _redis_up(), reason="no Redis at 127.0.0.1:6379 to test the production online store"
-)
-def test_redis_online_keeps_newer_event_time(tmp_path: Path) -> None:
+def test_redis_online_keeps_newer_event_time(tmp_path: Path, redis_url: str) -> None:
     yaml = "feature_store.production.yaml"
     repo = make_repo(tmp_path, yaml, project=f"t26test{uuid.uuid4().hex[:10]}")
+    cfg = repo / yaml
+    cfg.write_text(cfg.read_text().replace('"127.0.0.1:6379"', f'"{redis_url}"'))
     store = apply(repo, yaml)
     try:
         push_online(store, "instrument_bars_1m", _row(1_723_161_300, "200"))

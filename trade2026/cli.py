@@ -16,7 +16,6 @@ Every verb module keeps heavy imports inside its functions so ``--help`` is inst
 
 from __future__ import annotations
 
-import logging
 import os
 
 import click
@@ -35,6 +34,7 @@ from trade2026.commands.quality import quality_command
 from trade2026.commands.replay import replay_command
 from trade2026.commands.run import run_command
 from trade2026.commands.schema import schema_command
+from trade2026.commands.status import status_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -47,15 +47,22 @@ from trade2026.commands.schema import schema_command
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Log level (env TRADE2026_LOG_LEVEL).",
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--log-json/--no-log-json",
+    envvar="TRADE2026_LOG_JSON",
+    default=False,
+    help="Write logs as one JSON object per line (env TRADE2026_LOG_JSON).",
+)
+def main(log_level: str, log_json: bool) -> None:
     """Trade2026: a trading firm's real-time data path as Bytewax dataflows over NATS.
 
     Environment: NATS_URL (default nats://127.0.0.1:4222), NATS_USER/NATS_PASSWORD,
-    NATS_TOKEN, NATS_CREDS, NATS_NKEY_SEED, NATS_TLS_CA, TRADE2026_INSTRUMENTS.
+    NATS_TOKEN, NATS_CREDS, NATS_NKEY_SEED, NATS_TLS_CA, QUESTDB_URL, KAFKA_BROKERS,
+    TRADE2026_STATE_DIR, TRADE2026_INSTRUMENTS. Secrets never appear in logs.
     """
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from trade2026.observability import configure_logging
+
+    configure_logging(json=log_json, level=log_level.upper())
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 
@@ -64,6 +71,7 @@ main.add_command(demo_command)
 main.add_command(replay_command)
 main.add_command(bench_command)
 main.add_command(schema_command)
+main.add_command(status_command)
 main.add_command(delta)
 main.add_command(features)
 main.add_command(quality_command)

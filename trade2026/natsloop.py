@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
 
-import nats
 from nats.aio.client import Client
 
 from trade2026.natsconf import NatsConfig
@@ -158,17 +159,44 @@ async def connect(
     async def _log_error(exc: Exception) -> None:
         log.warning("%s: %s: %s", step, type(exc).__name__, exc)
 
+    connected = False
+
+    async def _on_error(exc: Exception) -> None:
+        # nats-py applies max_reconnect_attempts=-1 to the first connect too, so a wrong
+        # password or an untrusted certificate would be retried forever. Raising from the
+        # error callback during that first connect stops its retry loop.
+        if not connected and _is_auth_failure(exc):
+            raise exc
+        await (error_cb or _log_error)(exc)
+
     kw = config.connect_kwargs()
     kw.update(extra)
+    nc = Client()
     try:
-        return await nats.connect(
-            error_cb=error_cb or _log_error,
+        await nc.connect(
+            error_cb=_on_error,
             disconnected_cb=disconnected_cb,
             reconnected_cb=reconnected_cb,
             **kw,
         )
     except Exception as exc:
+        # A half-open TLS transport can make close() wait forever: bound it.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), timeout=1.0)
+        if _is_auth_failure(exc):
+            raise ConnectionError(
+                f"{step}: NATS at {list(config.servers)} refused us ({type(exc).__name__}: "
+                f"{exc}); hint: check NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_CREDS, "
+                "NATS_NKEY_SEED or NATS_TLS_CA"
+            ) from exc
         raise ConnectionError(
             f"{step}: cannot reach NATS at {list(config.servers)} ({type(exc).__name__}: {exc}); "
             "hint: start one with `nats-server -js` or set NATS_URL"
         ) from exc
+    connected = True
+    return nc
+
+
+def _is_auth_failure(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, ssl.SSLError) or "authorization" in text or "authentication" in text

@@ -23,6 +23,7 @@ from trade2026.natsconf import NatsConfig
 
 if TYPE_CHECKING:
     from sources.nats import NatsSource
+    from trade2026.observability import FlowMetrics
 
 #: Where local state lives by default (recovery snapshots, Delta tables, spill files).
 STATE_DIR_ENV = "TRADE2026_STATE_DIR"
@@ -46,6 +47,8 @@ class RunContext:
     stop_after: int | None = None
     #: Stop when no input arrived for this long (seconds); None runs forever.
     idle_timeout_s: float | None = None
+    #: Connector gauges (consumer lag, disconnects, sink backlog) for /metrics.
+    metrics: FlowMetrics | None = None
 
 
 def _ensure_market_streams(ctx: RunContext) -> None:
@@ -76,7 +79,11 @@ def build_normalize(ctx: RunContext) -> tuple[Dataflow, NatsSource]:
         stop_after=ctx.stop_after,
         idle_timeout_s=ctx.idle_timeout_s,
     )
-    return build_flow(source, NatsSink(ctx.nats), accounting=ctx.accounting), source
+    sink = NatsSink(ctx.nats)
+    if ctx.metrics is not None:
+        ctx.metrics.watch_source("md.raw", source)
+        ctx.metrics.watch_sink("nats", sink)
+    return build_flow(source, sink, accounting=ctx.accounting), source
 
 
 def _normalize_core(ctx: RunContext) -> Dataflow:
@@ -87,14 +94,21 @@ def _normalize(ctx: RunContext) -> Dataflow:
     from flows.pipeline import build_normalize_jetstream
 
     _ensure_market_streams(ctx)
-    return build_normalize_jetstream(ctx)[0]
+    flow, source, sink = build_normalize_jetstream(ctx)
+    if ctx.metrics is not None:
+        ctx.metrics.watch_source("MD_RAW", source)
+        ctx.metrics.watch_sink("jetstream", sink)
+    return flow
 
 
 def _ticks_sink(ctx: RunContext) -> Dataflow:
     from flows.pipeline import build_ticks_sink_jetstream
 
     _ensure_market_streams(ctx)
-    return build_ticks_sink_jetstream(ctx, delta_root())[0]
+    flow, source = build_ticks_sink_jetstream(ctx, delta_root())
+    if ctx.metrics is not None:
+        ctx.metrics.watch_source("MD", source)
+    return flow
 
 
 def _alt_sink(ctx: RunContext) -> Dataflow:

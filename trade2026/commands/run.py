@@ -117,7 +117,7 @@ def run_command(
     snapshot. Outputs may repeat after a crash; sinks de-duplicate them.
     """
     from bytewax.run import cli_main
-    from prometheus_client import REGISTRY, start_http_server
+    from prometheus_client import REGISTRY
 
     if engine == "quix":
         _run_quix(flow, kafka, metrics_port)
@@ -136,9 +136,13 @@ def run_command(
             err=True,
         )
         sys.exit(exitcodes.UNREACHABLE)
+    from trade2026.observability import FlowMetrics, MetricsServer
+
+    metrics = FlowMetrics(REGISTRY, flow=flow, process_id=process_id)
     if metrics_port is not None:
-        start_http_server(metrics_port)
-    ctx = RunContext(nats=config, workers=workers, accounting=Accounting(REGISTRY))
+        server = MetricsServer(metrics_port, registry=REGISTRY).start()
+        click.echo(f"run {flow}: metrics at {server.url}", err=True)
+    ctx = RunContext(nats=config, workers=workers, accounting=Accounting(REGISTRY), metrics=metrics)
     dataflow = FLOWS[flow](ctx)
     address_list = addresses.split(";") if addresses else None
     try:

@@ -180,6 +180,18 @@ def _tca(ctx: RunContext) -> Dataflow:
     return production_flow(ctx)
 
 
+def _store(ctx: RunContext) -> Dataflow:
+    from flows.store import production_flow
+
+    return production_flow(ctx)
+
+
+def _hotcache(ctx: RunContext) -> Dataflow:
+    from flows.hotcache import production_flow
+
+    return production_flow(ctx)
+
+
 FLOWS: dict[str, Callable[[RunContext], Dataflow]] = {
     "normalize": _normalize,
     "normalize-core": _normalize_core,
@@ -190,4 +202,6 @@ FLOWS: dict[str, Callable[[RunContext], Dataflow]] = {
     "venue": _venue,
     "portfolio": _portfolio,
     "tca": _tca,
+    "store": _store,
+    "hotcache": _hotcache,
 }

@@ -25,11 +25,15 @@ def wait_until(cond: Callable[[], object], timeout_s: float = 20.0, poll_s: floa
 
 
 class LocalStack:
-    """normalize (core NATS), orders, venue and portfolio flows in daemon threads."""
+    """normalize (core NATS), orders, venue, portfolio (and store) flows in daemon threads."""
 
-    def __init__(self, ctx: RunContext, *, order_path: bool = True) -> None:
+    def __init__(
+        self, ctx: RunContext, *, order_path: bool = True, store_root: str | None = None
+    ) -> None:
         self.ctx = ctx
         self.order_path = order_path
+        #: Persist the order path (orders, fills, positions, P&L) under this Delta root.
+        self.store_root = store_root
         self.failures: list[BaseException] = []
         self._threads: list[threading.Thread] = []
         self.normalize_source: object = None
@@ -63,6 +67,12 @@ class LocalStack:
             self._run("venue", venue_flow)
             self._run("portfolio", pf_flow)
             listening += [lambda: len(venue_src.stats) == 2, lambda: len(pf_src.stats) == 2]
+            if self.store_root is not None:
+                from flows.store import SUBJECTS, build_store
+
+                store_flow, store_src = build_store(self.ctx, self.store_root)
+                self._run("store", store_flow)
+                listening.append(lambda: len(store_src.stats) == len(SUBJECTS))
         if not wait_until(lambda: all(c() for c in listening) or self.failures, timeout_s):
             raise RuntimeError("local stack: flows did not subscribe in time; hint: see logs")
         self.check()

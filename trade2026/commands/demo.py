@@ -96,7 +96,7 @@ def _run(url: str, files: list[Path], speed: float | None, quiet: bool) -> int:
     from sources.recorded import RecordedLine, merge_recorded
     from trade2026.accounting import Accounting
     from trade2026.demo_orders import print_result, run_order_scenario
-    from trade2026.flowregistry import RunContext
+    from trade2026.flowregistry import RunContext, delta_root
     from trade2026.localstack import LocalStack
     from trade2026.natsconf import NatsConfig
     from trade2026.natsloop import NatsLoop
@@ -111,9 +111,9 @@ def _run(url: str, files: list[Path], speed: float | None, quiet: bool) -> int:
     acct = Accounting()
     # The flows end once no input arrived for a few seconds after the replay.
     ctx = RunContext(nats=config, accounting=acct, idle_timeout_s=4.0)
-    console.print("starting flows: normalize, orders (risk + order state), venue, portfolio")
+    console.print("starting flows: normalize, orders (risk + order state), venue, portfolio, store")
     try:
-        stack = LocalStack(ctx).start()
+        stack = LocalStack(ctx, store_root=delta_root()).start()
     except RuntimeError as exc:
         console.print(f"[red]error: demo: {exc}[/red]")
         return exitcodes.RUN_FAILED
@@ -179,6 +179,11 @@ def _run(url: str, files: list[Path], speed: float | None, quiet: bool) -> int:
         return exitcodes.RUN_FAILED
     _print_summary(console, acct, seen, total, elapsed)
     print_result(result, console)
+    stored = acct.stage("store")
+    console.print(
+        f"order path persisted to Delta under {delta_root()}/orders: {stored.out:,} records "
+        f"({stored.duplicates:,} duplicates dropped, {stored.dead_lettered:,} dead-lettered)"
+    )
     report = _quality_report(console, acct, ticks, result)
     if report is not None:
         console.print(f"quality report: {report}")

@@ -6,8 +6,16 @@ the raw subjects (normaliser, books, sinks) runs exactly as it would on a live f
 can be compared run to run. Files are merged by receive time; ``--speed`` keeps the
 recorded gaps (scaled) or, with ``max``, publishes as fast as NATS takes them.
 
+``--from-delta ROOT`` replays the project's own Delta tick tables instead (the root the
+ticks sink writes, holding ``ticks/trades|quotes|book_deltas``): canonical ticks go back
+onto ``md.ticks.<instrument>``, merged by event time across partitions and files in the
+total order of :mod:`sources.delta`, so two replays of one range publish the very same
+sequence. ``--start/--end`` then bound the *event* time and ``--instruments`` picks
+instrument ids.
+
 Exit codes: 0 ok, 2 usage error, 3 an input file cannot be read (missing, corrupt gzip,
-a bad line under ``--strict``), 4 NATS cannot be reached or is lost mid-replay.
+a bad line under ``--strict``, no Delta tick tables at ``--from-delta``), 4 NATS cannot be
+reached or is lost mid-replay.
 
 Only light modules are imported at the top so ``trade2026 --help`` stays fast; nats,
 rich and the reader are imported inside the command.
@@ -90,6 +98,15 @@ def _symbols_option(
     return symbols
 
 
+def _list_option(value: str | None, example: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = tuple(s.strip() for s in value.split(",") if s.strip())
+    if not items:
+        raise click.BadParameter(f"empty list; hint: e.g. {example}")
+    return items
+
+
 def _fmt_ns(ts: int | None) -> str:
     if ts is None:
         return "-"
@@ -106,7 +123,20 @@ def _input_error(err: RecordingError, *, published: int = 0) -> None:
 
 @click.command("replay")
 # Plain paths, not click.Path(exists=True): an unreadable input is exit 3, not a usage error.
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option(
+    "--from-delta",
+    "from_delta",
+    metavar="ROOT",
+    default=None,
+    help="Replay the Delta tick tables under ROOT (local path or s3:// URI) onto "
+    "md.ticks.<instrument>, merged by event time, instead of recorded files.",
+)
+@click.option(
+    "--instruments",
+    callback=lambda c, p, v: _list_option(v, "--instruments BTCUSDT.BINANCE,ETHUSDT.BINANCE"),
+    help="With --from-delta: comma-separated instrument ids to keep.",
+)
 @click.option(
     "--venue",
     type=click.Choice(VENUES),
@@ -124,9 +154,14 @@ def _input_error(err: RecordingError, *, published: int = 0) -> None:
 @click.option(
     "--start",
     callback=_time_option,
-    help="Skip lines received before this time (ISO 8601, naive = UTC, or integer ns).",
+    help="Skip lines received before this time (ISO 8601, naive = UTC, or integer ns); "
+    "with --from-delta, ticks whose event time is earlier.",
 )
-@click.option("--end", callback=_time_option, help="Stop before lines received at/after this time.")
+@click.option(
+    "--end",
+    callback=_time_option,
+    help="Stop before lines received at/after this time (with --from-delta: event time).",
+)
 @click.option(
     "--symbols", callback=_symbols_option, help="Comma-separated symbols to keep, e.g. BTCUSDT."
 )
@@ -143,6 +178,8 @@ def _input_error(err: RecordingError, *, published: int = 0) -> None:
 def replay_command(
     ctx: click.Context,
     paths: tuple[str, ...],
+    from_delta: str | None,
+    instruments: tuple[str, ...] | None,
     venue: str,
     speed: float | None,
     start: int | None,
@@ -152,7 +189,27 @@ def replay_command(
     nats_url: str | None,
     quiet: bool,
 ) -> None:
-    """Publish recorded raw venue files (PATH...) to NATS, merged by receive time."""
+    """Publish recorded raw venue files (PATH...) to NATS, merged by receive time,
+    or with --from-delta ROOT the stored canonical ticks, merged by event time."""
+    if start is not None and end is not None and end <= start:
+        raise click.BadParameter("--end must be after --start", param_hint="--end")
+    if from_delta is not None:
+        if paths:
+            raise click.UsageError("give either PATHS or --from-delta, not both")
+        if symbols is not None or strict:
+            raise click.UsageError(
+                "--symbols and --strict apply to recorded files; hint: use --instruments"
+            )
+        ctx.exit(
+            _replay_from_delta(
+                from_delta, start=start, end=end, instruments=instruments, speed=speed,
+                nats_url=nats_url, quiet=quiet,
+            )
+        )  # fmt: skip
+    if not paths:
+        raise click.UsageError("no input; hint: give recorded files (PATHS) or --from-delta ROOT")
+    if instruments is not None:
+        raise click.UsageError("--instruments applies to --from-delta; hint: use --symbols")
     import asyncio
     import contextlib
     import itertools
@@ -168,9 +225,6 @@ def replay_command(
         merge_recorded,
     )
     from trade2026.natsconf import NatsConfig
-
-    if start is not None and end is not None and end <= start:
-        raise click.BadParameter("--end must be after --start", param_hint="--end")
 
     err_console = Console(stderr=True)
     bad_log = BadLineLog(keep=5)
@@ -305,5 +359,193 @@ def _print_summary(summary: ReplaySummary, venue: str, speed: float | None) -> N
         f"span: {_fmt_ns(summary.first_ts)} -> {_fmt_ns(summary.last_ts)} UTC ({span_s:,.1f} s)\n"
         f"elapsed: {summary.elapsed_s:,.2f} s at speed {pace}, "
         f"{summary.msgs_per_s:,.0f} msg/s",
+        highlight=False,
+    )
+
+
+# -- --from-delta ---------------------------------------------------------------------------
+def _replay_from_delta(
+    root: str,
+    *,
+    start: int | None,
+    end: int | None,
+    instruments: tuple[str, ...] | None,
+    speed: float | None,
+    nats_url: str | None,
+    quiet: bool,
+) -> int:
+    """Publish the stored ticks of ``[start, end)`` in replay order; returns the exit code.
+
+    The publish loop is :func:`sources.delta.replay_delta_to_nats`'s (same order source,
+    payload, header and pacer), written out here only to drive a progress bar, which
+    that function has no hook for.
+    """
+    import asyncio
+    import contextlib
+    import time
+
+    import msgspec
+    from rich.console import Console
+
+    from sources.delta import Pacer, ReplayStats, iter_ticks
+    from trade2026.natsconf import NatsConfig
+
+    err_console = Console(stderr=True)
+    total = _delta_rows(root, start, end, instruments)
+    if total is None:
+        click.echo(f"error: replay --from-delta: no Delta tick tables under {root!r}", err=True)
+        click.echo(
+            "hint: point it at the root the ticks sink writes (it holds ticks/trades, "
+            "ticks/quotes, ticks/book_deltas), e.g. var/lake",
+            err=True,
+        )
+        return EXIT_INPUT
+    overrides: dict[str, Any] = {"max_reconnect_attempts": 2}
+    if nats_url:
+        overrides["servers"] = tuple(s.strip() for s in nats_url.split(",") if s.strip())
+    config = NatsConfig.from_env(**overrides)
+    show_bar = not quiet and err_console.is_terminal
+    counts: dict[tuple[str, str], int] = {}
+
+    async def run() -> ReplayStats | int:
+        import nats
+        from nats.errors import Error as NatsError
+
+        from schemas.transport import RECV_NS_HEADER
+
+        nats_errors: list[BaseException] = []
+
+        async def on_error(exc: Exception) -> None:  # keeps nats-py from logging tracebacks
+            nats_errors.append(exc)
+
+        try:
+            nc = await nats.connect(**config.connect_kwargs(), error_cb=on_error)
+        except (NatsError, OSError, TimeoutError) as exc:
+            cause = nats_errors[-1] if nats_errors else exc
+            click.echo(
+                f"error: replay: cannot reach NATS at {', '.join(config.servers)} ({cause})",
+                err=True,
+            )
+            click.echo(f"hint: {_NATS_HINT}", err=True)
+            return EXIT_NATS
+        stats = ReplayStats()
+        pacer = Pacer(speed, time.monotonic_ns, asyncio.sleep)
+        encode = msgspec.json.Encoder().encode
+        bar, task = _progress(err_console, total) if show_bar else (None, None)
+        try:
+            for ticks in iter_ticks(root, start=start, end=end, instruments=instruments):
+                for t in ticks:
+                    await pacer.wait_for(t.ts_event)
+                    await nc.publish(
+                        f"md.ticks.{t.instrument_id}",
+                        encode(t),
+                        headers={RECV_NS_HEADER: str(t.ts_recv)},
+                    )
+                    if stats.first_ts_event is None:
+                        stats.first_ts_event = t.ts_event
+                    stats.last_ts_event = t.ts_event
+                    stats.published += 1
+                    key = (t.instrument_id, str(type(t).__struct_config__.tag))
+                    counts[key] = counts.get(key, 0) + 1
+                    if bar is not None and stats.published % 1000 == 0:
+                        bar.update(task, completed=stats.published)
+                await nc.flush()
+            await nc.flush()
+        except (NatsError, OSError, TimeoutError) as exc:
+            click.echo(
+                f"error: replay: lost NATS after {stats.published:,} ticks ({exc})", err=True
+            )
+            click.echo(f"hint: {_NATS_HINT}", err=True)
+            return EXIT_NATS
+        finally:
+            if bar is not None:
+                bar.stop()
+            if not nc.is_closed:
+                with contextlib.suppress(Exception):
+                    await nc.drain()
+        return stats
+
+    t0 = time.perf_counter()
+    result = asyncio.run(run())
+    elapsed = time.perf_counter() - t0
+    if isinstance(result, int):
+        return result
+    _print_delta_summary(root, result, counts, speed, elapsed)
+    return exitcodes.OK
+
+
+def _delta_rows(
+    root: str, start: int | None, end: int | None, instruments: tuple[str, ...] | None
+) -> int | None:
+    """Rows the replay will publish (for the bar), or None when there are no tick tables."""
+    import polars as pl
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    from sinks.delta import KINDS, storage_options_from_env, table_uri
+
+    opts = storage_options_from_env(root)
+    total = 0
+    found = False
+    for kind in KINDS:
+        try:
+            dt = DeltaTable(table_uri(root, kind), storage_options=opts)
+        except TableNotFoundError:
+            continue
+        found = True
+        lf = pl.scan_delta(dt)
+        if start is not None:
+            lf = lf.filter(pl.col("ts_event") >= start)
+        if end is not None:
+            lf = lf.filter(pl.col("ts_event") < end)
+        if instruments:
+            lf = lf.filter(pl.col("instrument_id").is_in(list(instruments)))
+        total += int(lf.select(pl.len()).collect().item())
+    return total if found else None
+
+
+def _progress(console: Any, total: int) -> tuple[Any, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "replay from delta",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task("replay", total=total)
+    bar.start()
+    return bar, task
+
+
+def _print_delta_summary(
+    root: str,
+    stats: Any,
+    counts: dict[tuple[str, str], int],
+    speed: float | None,
+    elapsed: float,
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=sys.stdout)
+    table = Table(title=f"replayed {root} to md.ticks.<instrument>", title_justify="left")
+    table.add_column("instrument")
+    table.add_column("kind")
+    table.add_column("ticks", justify="right")
+    for (inst, kind), n in sorted(counts.items()):
+        table.add_row(inst, kind, f"{n:,}")
+    table.add_section()
+    table.add_row("total", "", f"{stats.published:,}")
+    console.print(table)
+    first, last = stats.first_ts_event, stats.last_ts_event
+    span_s = 0.0 if first is None or last is None else (last - first) / 1e9
+    pace = "max" if speed is None else f"{speed:g}x"
+    rate = stats.published / elapsed if elapsed > 0 else 0.0
+    console.print(
+        f"event time: {_fmt_ns(first)} -> {_fmt_ns(last)} UTC ({span_s:,.1f} s)\n"
+        f"elapsed: {elapsed:,.2f} s at speed {pace}, {rate:,.0f} ticks/s",
         highlight=False,
     )

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
@@ -426,6 +426,38 @@ def replay_delta_to_nats(
     )
 
 
+async def publish_ticks(
+    nc: Any,
+    batches: Iterable[Sequence[Tick]],
+    pacer: Pacer,
+    stats: ReplayStats,
+    *,
+    prefix: str = "md.ticks",
+    on_published: Callable[[Tick], None] | None = None,
+) -> ReplayStats:
+    """Publish stored ticks in order, paced on event time, with their receive time header.
+
+    The one publishing loop behind :func:`replay_delta_to_nats` and the CLI's
+    ``replay --from-delta`` (which passes ``on_published`` for its progress bar).
+    """
+    encode = msgspec.json.Encoder().encode
+    for ticks in batches:
+        for t in ticks:
+            await pacer.wait_for(t.ts_event)
+            await nc.publish(
+                f"{prefix}.{t.instrument_id}", encode(t), headers={RECV_NS_HEADER: str(t.ts_recv)}
+            )
+            if stats.first_ts_event is None:
+                stats.first_ts_event = t.ts_event
+            stats.last_ts_event = t.ts_event
+            stats.published += 1
+            if on_published is not None:
+                on_published(t)
+        await nc.flush()
+    await nc.flush()
+    return stats
+
+
 async def _replay(
     root: str,
     config: NatsConfig,
@@ -443,7 +475,6 @@ async def _replay(
 
     stats = ReplayStats()
     pacer = Pacer(speed, clock, sleep)
-    encode = msgspec.json.Encoder().encode
     try:
         nc = await nats.connect(**config.connect_kwargs())
     except Exception as exc:
@@ -452,27 +483,20 @@ async def _replay(
             "hint: start nats-server or set NATS_URL"
         ) from exc
     try:
-        for ticks in iter_ticks(
-            root,
-            start=start,
-            end=end,
-            instruments=instruments,
-            batch_size=batch_size,
-            storage_options=storage_options,
-        ):
-            for t in ticks:
-                await pacer.wait_for(t.ts_event)
-                await nc.publish(
-                    f"{prefix}.{t.instrument_id}",
-                    encode(t),
-                    headers={RECV_NS_HEADER: str(t.ts_recv)},
-                )
-                if stats.first_ts_event is None:
-                    stats.first_ts_event = t.ts_event
-                stats.last_ts_event = t.ts_event
-                stats.published += 1
-            await nc.flush()
-        await nc.flush()
+        await publish_ticks(
+            nc,
+            iter_ticks(
+                root,
+                start=start,
+                end=end,
+                instruments=instruments,
+                batch_size=batch_size,
+                storage_options=storage_options,
+            ),
+            pacer,
+            stats,
+            prefix=prefix,
+        )
     finally:
         await nc.drain()
     return stats

@@ -384,10 +384,10 @@ def _replay_from_delta(
     import contextlib
     import time
 
-    import msgspec
     from rich.console import Console
 
-    from sources.delta import Pacer, ReplayStats, iter_ticks
+    from schemas.canonical import Tick
+    from sources.delta import Pacer, ReplayStats, iter_ticks, publish_ticks
     from trade2026.natsconf import NatsConfig
 
     err_console = Console(stderr=True)
@@ -411,8 +411,6 @@ def _replay_from_delta(
         import nats
         from nats.errors import Error as NatsError
 
-        from schemas.transport import RECV_NS_HEADER
-
         nats_errors: list[BaseException] = []
 
         async def on_error(exc: Exception) -> None:  # keeps nats-py from logging tracebacks
@@ -430,27 +428,17 @@ def _replay_from_delta(
             return EXIT_NATS
         stats = ReplayStats()
         pacer = Pacer(speed, time.monotonic_ns, asyncio.sleep)
-        encode = msgspec.json.Encoder().encode
         bar, task = _progress(err_console, total) if show_bar else (None, None)
+
+        def on_published(t: Tick) -> None:
+            key = (t.instrument_id, str(type(t).__struct_config__.tag))
+            counts[key] = counts.get(key, 0) + 1
+            if bar is not None and stats.published % 1000 == 0:
+                bar.update(task, completed=stats.published)
+
         try:
-            for ticks in iter_ticks(root, start=start, end=end, instruments=instruments):
-                for t in ticks:
-                    await pacer.wait_for(t.ts_event)
-                    await nc.publish(
-                        f"md.ticks.{t.instrument_id}",
-                        encode(t),
-                        headers={RECV_NS_HEADER: str(t.ts_recv)},
-                    )
-                    if stats.first_ts_event is None:
-                        stats.first_ts_event = t.ts_event
-                    stats.last_ts_event = t.ts_event
-                    stats.published += 1
-                    key = (t.instrument_id, str(type(t).__struct_config__.tag))
-                    counts[key] = counts.get(key, 0) + 1
-                    if bar is not None and stats.published % 1000 == 0:
-                        bar.update(task, completed=stats.published)
-                await nc.flush()
-            await nc.flush()
+            batches = iter_ticks(root, start=start, end=end, instruments=instruments)
+            await publish_ticks(nc, batches, pacer, stats, on_published=on_published)
         except (NatsError, OSError, TimeoutError) as exc:
             click.echo(
                 f"error: replay: lost NATS after {stats.published:,} ticks ({exc})", err=True

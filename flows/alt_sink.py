@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bytewax.operators as op
 import msgspec
@@ -22,6 +22,9 @@ from schemas.canonical import DeadLetter
 from schemas.transport import Message, Outgoing
 from sinks.alt import STAGE, AltConfig, AltDeltaSink, AltRecord, AltTableWriter
 from trade2026.accounting import Accounting
+
+if TYPE_CHECKING:
+    from operators.quality.tap import Quality, QualityConfig
 
 __all__ = ["DLQ_SUBJECT", "build_flow"]
 
@@ -37,7 +40,10 @@ def build_flow(
     accounting: Accounting | None = None,
     sources: Mapping[str, AltSource] = ALT_SOURCES,
     flow_id: str = "alt_sink",
+    quality: QualityConfig | Quality | None = None,
 ) -> Dataflow:
+    """``quality`` judges each valid record before it is written (``dlq.alt``, accounting
+    ``quality.alt``; its dead letters also count as the alt sink's own)."""
     if source is None or dlq_sink is None:
         from trade2026.natsconf import NatsConfig
 
@@ -83,9 +89,35 @@ def build_flow(
         op.map("dlq_encode", dead, lambda d: Outgoing(DLQ_SUBJECT, msgspec.json.encode(d))),
         dlq_sink,
     )
+    if quality is not None:
+        good = _quality_tap(good, quality, accounting, dlq_sink)
     keyed = op.key_on("by_source", good, lambda r: r.source)
     batches = op.collect(
         "batch", keyed, timedelta(milliseconds=config.batch_ms), max_size=config.batch_rows
     )
     op.output("delta", batches, sink)
     return flow
+
+
+def _alt_view(record: AltRecord) -> dict[str, Any]:
+    """What the alt rule and suite judge: the row with its source."""
+    return {**record.row, "source": record.source}
+
+
+def _quality_tap(
+    good: Any,
+    quality: QualityConfig | Quality,
+    accounting: Accounting | None,
+    dlq_sink: Sink[Outgoing],
+) -> Any:
+    from flows.quality import dead_letter_out, quality_tap
+    from operators.quality.tap import build_quality
+    from schemas.instruments import load_instruments
+
+    q = build_quality(quality, load_instruments(), accounting)
+    if q is None or not q.enabled("alt"):
+        return good
+    tap = q.tap("alt", view=_alt_view, host_stage=STAGE if accounting is not None else None)
+    ok, dead = quality_tap("quality_alt", good, tap)
+    op.output("quality_dlq", op.map("quality_dlq_encode", dead, dead_letter_out), dlq_sink)
+    return ok

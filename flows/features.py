@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from bytewax import operators as op
@@ -33,6 +33,9 @@ from operators.features import AccountFeatures, FeatureConfig, InstrumentBars, w
 from schemas.canonical import BookDelta, DataGap, DeadLetter, Fill, Position, Quote, TradeTick
 from schemas.features import AccountWindow, Bar, LateRecord
 from schemas.transport import Message
+
+if TYPE_CHECKING:
+    from operators.quality.tap import Quality, QualityConfig
 
 STAGE = "features"
 _Decodable = TradeTick | Quote | BookDelta | DataGap | Fill | Position
@@ -151,8 +154,13 @@ def build_flow(
     outputs: FeatureOutputs,
     config: FeatureConfig | None = None,
     flow_id: str = "features",
+    quality: QualityConfig | Quality | None = None,
 ) -> Dataflow:
-    """Wire source → windows → outputs. Each width of ``config.widths_ns`` is its own step."""
+    """Wire source → windows → outputs. Each width of ``config.widths_ns`` is its own step.
+
+    ``quality`` judges every bar and account window before its sink (failures go to the
+    ``dead_letters`` output with stage ``features``; accounting ``quality.features``).
+    """
     cfg = config or FeatureConfig()
     flow = Dataflow(flow_id)
     raw = op.input("input", flow, source)
@@ -180,6 +188,8 @@ def build_flow(
         results.append(op.map(f"{step}_unkey", acc_windows, _unkey))
 
     merged = op.merge("windows", *results)
+    if quality is not None:
+        merged = _quality_tap(merged, quality, outputs)
     late = op.filter_map("late", merged, lambda x: x if isinstance(x, LateRecord) else None)
     op.output("late_out", late, outputs.late)
     bars = op.filter_map("bars", merged, lambda x: x if isinstance(x, Bar) else None)
@@ -190,6 +200,23 @@ def build_flow(
         )
         op.output("accounts_out", accounts, outputs.accounts)
     return flow
+
+
+def _quality_tap(
+    merged: Stream[Any], quality: QualityConfig | Quality, outputs: FeatureOutputs
+) -> Stream[Any]:
+    """Bars and account windows through the features quality gate; late records pass."""
+    from flows.quality import quality_tap
+    from operators.quality.tap import build_quality
+    from schemas.instruments import load_instruments
+
+    q = build_quality(quality, load_instruments(), None)
+    if q is None or not q.enabled(STAGE):
+        return merged
+    split = op.branch("quality_select", merged, lambda x: isinstance(x, Bar | AccountWindow))
+    ok, dead = quality_tap("quality_features", split.trues, q.tap(STAGE))
+    op.output("quality_dead_letters_out", dead, outputs.dead_letters)
+    return op.merge("quality_windows", ok, split.falses)
 
 
 __all__ = ["STAGE", "FeatureOutputs", "build_flow", "decode"]

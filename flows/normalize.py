@@ -14,7 +14,7 @@ deduplication and gap detection need the per-instrument state. All outputs are
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import bytewax.operators as op
 import msgspec
@@ -23,6 +23,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from flows.quality import gated
 from operators.normalize import (
     DLQ_SUBJECT,
     GAP_SUBJECT_PREFIX,
@@ -35,6 +36,7 @@ from operators.normalize import (
     bytes_id,
     record_id,
 )
+from operators.quality.tap import Quality, QualityConfig, QualityTap, build_quality
 from schemas.canonical import DeadLetter, Tick
 from schemas.instruments import InstrumentRegistry, load_instruments
 from schemas.transport import MSG_ID_HEADER, Message, Outgoing
@@ -100,8 +102,11 @@ class _SequenceLogic(StatefulBatchLogic[Tick | Outgoing, Outgoing, SequencerStat
         accounting: Accounting,
         state: SequencerState | None,
         msg_ids: bool = False,
+        ticks_tap: Callable[[], QualityTap] | None = None,
     ) -> None:
         self._config = config
+        self._ticks_tap = ticks_tap
+        self._tap: QualityTap | None = None
         self._msg_ids = msg_ids
         self._accounting = accounting
         self._encode = msgspec.json.Encoder().encode
@@ -113,6 +118,8 @@ class _SequenceLogic(StatefulBatchLogic[Tick | Outgoing, Outgoing, SequencerStat
         self._seq = TickSequencer(instrument_id, self._config, state)
         self._subject = TICK_SUBJECT_PREFIX + instrument_id
         self._gap_subject = GAP_SUBJECT_PREFIX + instrument_id
+        if self._ticks_tap is not None:  # one per instrument: the rule's state is per key
+            self._tap = self._ticks_tap()
         return self._seq
 
     def on_batch(self, values: list[Tick | Outgoing]) -> tuple[Iterable[Outgoing], bool]:
@@ -124,9 +131,12 @@ class _SequenceLogic(StatefulBatchLogic[Tick | Outgoing, Outgoing, SequencerStat
         out: list[Outgoing] = []
         dups = 0
         problems: list[tuple[str, str]] = []
+        check = self._tap.check if self._tap is not None else None
         for tick in values:
             emit, report = on_tick(tick)  # type: ignore[arg-type]
-            if emit:
+            if emit and check is not None and (dead := check(tick)) is not None:
+                out.append(_dead_out(dead, self._msg_ids))  # quality: dlq.ticks, not md.ticks
+            elif emit:
                 headers = {MSG_ID_HEADER: record_id(tick)} if self._msg_ids else None  # type: ignore[arg-type]
                 out.append(Outgoing(subject, encode(tick), headers))
             else:
@@ -135,6 +145,8 @@ class _SequenceLogic(StatefulBatchLogic[Tick | Outgoing, Outgoing, SequencerStat
                 problems.append((report.instrument_id, report.problem))
                 headers = {MSG_ID_HEADER: record_id(report)} if self._msg_ids else None
                 out.append(Outgoing(self._gap_subject, encode(report), headers))
+        if self._tap is not None:
+            self._tap.commit()
         iid = seq.instrument_id
         self._accounting.add(STAGE, {(iid, OUT): len(values) - dups, (iid, DUPLICATE): dups})
         if problems:
@@ -146,6 +158,12 @@ class _SequenceLogic(StatefulBatchLogic[Tick | Outgoing, Outgoing, SequencerStat
         return self._seq.snapshot() if self._seq is not None else SequencerState()
 
 
+def _dead_out(dead: DeadLetter, msg_ids: bool) -> Outgoing:
+    subject = f"dlq.{dead.stage}"
+    data = msgspec.json.encode(dead)
+    return Outgoing(subject, data, {MSG_ID_HEADER: bytes_id(subject, data)} if msg_ids else None)
+
+
 def build_flow(
     source: Source[Message],
     sink: Sink[Outgoing],
@@ -155,20 +173,38 @@ def build_flow(
     accounting: Accounting | None = None,
     flow_id: str = "normalize",
     msg_ids: bool = False,
+    quality: QualityConfig | Quality | None = None,
 ) -> Dataflow:
     """Wire the normalize flow between any Message source and any Outgoing sink.
 
     ``msg_ids`` stamps every output with a ``Nats-Msg-Id`` naming the record itself, so
     a JetStream sink de-duplicates what a recovered flow publishes again.
+
+    ``quality`` gates raw messages before decoding (``dlq.raw``) and ticks as they are
+    emitted (``dlq.ticks``; order checks off: the sequencer owns ordering), counted under
+    ``quality.raw``/``quality.ticks``; None: no quality layer (fast unit tests).
     """
     registry = instruments or load_instruments()
     cfg = config or NormalizeConfig()
     acct = accounting or Accounting()
+    q = build_quality(quality, registry, acct)
     flow = Dataflow(flow_id)
     raw = op.input("raw", flow, source)
-    keyed = op.flat_map_batch("decode", raw, _Decode(TickDecoder(registry, cfg), acct, msg_ids))
+    decode: Callable[[list[Message]], Iterable[tuple[str, Tick | Outgoing]]]
+    decode = _Decode(TickDecoder(registry, cfg), acct, msg_ids)
+    if q is not None and q.enabled("raw"):
+        decode = gated(q.tap("raw"), decode, lambda d: (_DEAD_LETTER_KEY, _dead_out(d, msg_ids)))
+    keyed = op.flat_map_batch("decode", raw, decode)
+    ticks_tap: Callable[[], QualityTap] | None = None
+    if q is not None and q.enabled("ticks"):
+        quality_layer = q
+        ticks_rules = msgspec.structs.replace(q.config.rules, check_order=False)
+
+        def ticks_tap() -> QualityTap:
+            return quality_layer.tap("ticks", rules=ticks_rules)
+
     sequenced = op.stateful_batch(
-        "sequence", keyed, lambda state: _SequenceLogic(cfg, acct, state, msg_ids)
+        "sequence", keyed, lambda state: _SequenceLogic(cfg, acct, state, msg_ids, ticks_tap)
     )
     op.output("publish", op.key_rm("unkey", sequenced), sink)
     return flow

@@ -40,6 +40,7 @@ from trade2026.natsconf import NatsConfig
 if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
 
+    from operators.quality.tap import Quality
     from sinks.nats import JetStreamSink
     from sources.nats import JetStreamSource
     from trade2026.flowregistry import RunContext
@@ -148,7 +149,7 @@ async def ensure_streams(
 
 
 def build_normalize_jetstream(
-    ctx: RunContext, *, raw_stream: str = "MD_RAW"
+    ctx: RunContext, *, raw_stream: str = "MD_RAW", quality: Quality | None = None
 ) -> tuple[Dataflow, JetStreamSource, JetStreamSink]:
     """The normalize flow from the raw stream to JetStream, with its source and sink.
 
@@ -169,7 +170,7 @@ def build_normalize_jetstream(
     # Every output carries its own Nats-Msg-Id (build_flow(msg_ids=True)); the function
     # here only backs up anything that arrives without one.
     sink = JetStreamSink(ctx.nats, msg_id=normalize_msg_id)
-    flow = build_flow(source, sink, accounting=ctx.accounting, msg_ids=True)
+    flow = build_flow(source, sink, accounting=ctx.accounting, msg_ids=True, quality=quality)
     return flow, source, sink
 
 

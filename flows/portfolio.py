@@ -69,6 +69,7 @@ from trade2026.accounting import (
 )
 
 if TYPE_CHECKING:
+    from operators.quality.tap import Quality, QualityConfig
     from sources.nats import NatsSource
     from trade2026.flowregistry import RunContext
 
@@ -299,8 +300,13 @@ def build_flow(
     config: PortfolioFlowConfig | None = None,
     accounting: Accounting | None = None,
     flow_id: str = "portfolio",
+    quality: QualityConfig | Quality | None = None,
 ) -> Dataflow:
-    """Wire the portfolio between Message sources (fills and ticks) and an Outgoing sink."""
+    """Wire the portfolio between Message sources (fills and ticks) and an Outgoing sink.
+
+    ``quality`` judges each published ``positions.*`` record (``dlq.positions``,
+    accounting stage ``quality.positions``); None: no quality layer.
+    """
     cfg = config or PortfolioFlowConfig()
     acct = accounting or Accounting()
     flow = Dataflow(flow_id)
@@ -319,12 +325,30 @@ def build_flow(
     by_account = op.key_rm("unkey_instrument", fanned)
     booked = op.stateful_batch("book", by_account, lambda state: _BookLogic(cfg, acct, state))
     published = op.merge("merge_out", op.key_rm("unkey", booked), dead)
+    if quality is not None:
+        published = _quality_gate(published, quality, acct)
     op.output("publish", published, sink)
     return flow
 
 
+def _quality_gate(
+    stream: op.Stream[Outgoing], quality: QualityConfig | Quality, acct: Accounting
+) -> op.Stream[Outgoing]:
+    from flows.quality import OutgoingGate, Route, gate_outgoing
+    from operators.quality.tap import build_quality
+    from schemas.instruments import load_instruments
+
+    q = build_quality(quality, load_instruments(), acct)
+    assert q is not None
+    decode = msgspec.json.Decoder(Position).decode
+    gate = OutgoingGate(q, [Route(POSITION_SUBJECT_PREFIX, "positions", decode)])
+    return gate_outgoing("quality_positions", stream, gate) if gate else stream
+
+
 def build_production(
-    ctx: RunContext, config: PortfolioFlowConfig | None = None
+    ctx: RunContext,
+    config: PortfolioFlowConfig | None = None,
+    quality: QualityConfig | Quality | None = None,
 ) -> tuple[Dataflow, NatsSource]:
     """The portfolio flow over NATS, and its source (whose stats show when it subscribed)."""
     from sinks.nats import NatsSink
@@ -336,13 +360,17 @@ def build_production(
         stop_after=ctx.stop_after,
         idle_timeout_s=ctx.idle_timeout_s,
     )
-    flow = build_flow(source, NatsSink(ctx.nats), config=config, accounting=ctx.accounting)
+    flow = build_flow(
+        source, NatsSink(ctx.nats), config=config, accounting=ctx.accounting, quality=quality
+    )
     return flow, source
 
 
 def production_flow(ctx: RunContext) -> Dataflow:
-    """``trade2026 run portfolio``: positions and P&L against NATS."""
-    return build_production(ctx)[0]
+    """``trade2026 run portfolio``: positions and P&L against NATS, quality layer on."""
+    from flows.quality import production_quality
+
+    return build_production(ctx, quality=production_quality(ctx, "positions"))[0]
 
 
 __all__ = [

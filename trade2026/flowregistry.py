@@ -22,6 +22,7 @@ from trade2026.accounting import Accounting
 from trade2026.natsconf import NatsConfig
 
 if TYPE_CHECKING:
+    from operators.quality.tap import Quality
     from sources.nats import NatsSource
     from trade2026.observability import FlowMetrics
 
@@ -64,7 +65,9 @@ def _ensure_market_streams(ctx: RunContext) -> None:
         NatsLoop.release(loop)
 
 
-def build_normalize(ctx: RunContext) -> tuple[Dataflow, NatsSource]:
+def build_normalize(
+    ctx: RunContext, *, quality: Quality | None = None
+) -> tuple[Dataflow, NatsSource]:
     """The normalize flow over core NATS, and its source (whose stats show when it subscribed)."""
     from flows.normalize import build_flow
     from sinks.nats import NatsSink
@@ -83,18 +86,25 @@ def build_normalize(ctx: RunContext) -> tuple[Dataflow, NatsSource]:
     if ctx.metrics is not None:
         ctx.metrics.watch_source("md.raw", source)
         ctx.metrics.watch_sink("nats", sink)
-    return build_flow(source, sink, accounting=ctx.accounting), source
+    return build_flow(source, sink, accounting=ctx.accounting, quality=quality), source
+
+
+def _quality(ctx: RunContext, *stages: str) -> Quality:
+    """Per-record rules and per-batch suites for these stages (docs/quality.md)."""
+    from flows.quality import production_quality
+
+    return production_quality(ctx, *stages)
 
 
 def _normalize_core(ctx: RunContext) -> Dataflow:
-    return build_normalize(ctx)[0]
+    return build_normalize(ctx, quality=_quality(ctx, "raw", "ticks"))[0]
 
 
 def _normalize(ctx: RunContext) -> Dataflow:
     from flows.pipeline import build_normalize_jetstream
 
     _ensure_market_streams(ctx)
-    flow, source, sink = build_normalize_jetstream(ctx)
+    flow, source, sink = build_normalize_jetstream(ctx, quality=_quality(ctx, "raw", "ticks"))
     if ctx.metrics is not None:
         ctx.metrics.watch_source("MD_RAW", source)
         ctx.metrics.watch_sink("jetstream", sink)
@@ -125,6 +135,7 @@ def _alt_sink(ctx: RunContext) -> Dataflow:
         source=source,
         dlq_sink=NatsSink(ctx.nats),
         accounting=ctx.accounting,
+        quality=_quality(ctx, "alt"),
     )
 
 
@@ -153,7 +164,7 @@ def _features(ctx: RunContext) -> Dataflow:
         dead_letters=MappedSink(nats_sink, lambda r: Outgoing("dlq.features", encode(r))),
         accounts=store,
     )
-    return build_flow(source, outputs)
+    return build_flow(source, outputs, quality=_quality(ctx, "features"))
 
 
 def _orders(ctx: RunContext) -> Dataflow:

@@ -75,6 +75,10 @@ class RulesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     allow_locked_quotes: bool = False
     #: How many orders the order-event rule remembers (oldest forgotten first).
     max_tracked_orders: int = 200_000
+    #: Refuse ticks whose trade id / update id goes backwards per instrument. Off where a
+    #: sequencer already owns ordering: normalize passes a late tick on as real data and
+    #: reports it on ``md.gaps.*``, so its ticks tap must not dead-letter it as well.
+    check_order: bool = True
 
 
 class Rule(Protocol):
@@ -156,6 +160,7 @@ class _TickRule:
         self._known = instruments
         self._skew = config.max_clock_skew_ns
         self._allow_locked = config.allow_locked_quotes
+        self._order = config.check_order
         self._last_trade: dict[str, int] = {}
         self._last_quote: dict[str, int] = {}
         self._last_book: dict[str, int] = {}
@@ -181,7 +186,8 @@ class _TickRule:
             return bad
         if not t.trade_id:
             return Reason.MISSING_ID
-        if t.trade_id.isdigit():  # venues with numeric ids issue them in increasing order
+        # venues with numeric ids issue them in increasing order
+        if self._order and t.trade_id.isdigit():
             tid = int(t.trade_id)
             last = self._last_trade.get(t.instrument_id)
             if last is not None and tid <= last:
@@ -207,7 +213,7 @@ class _TickRule:
             return Reason.LOCKED_QUOTE
         if q.update_id < 0:
             return Reason.INVALID_SEQUENCE
-        if q.update_id:  # 0: the venue sends none
+        if self._order and q.update_id:  # 0: the venue sends none
             last = self._last_quote.get(q.instrument_id)
             if last is not None and q.update_id < last:
                 return Reason.OUT_OF_ORDER
@@ -230,7 +236,7 @@ class _TickRule:
                 if bad:
                     return bad
         last = self._last_book.get(d.instrument_id)
-        if not d.is_snapshot and last is not None and d.first_update_id <= last:
+        if self._order and not d.is_snapshot and last is not None and d.first_update_id <= last:
             return Reason.OUT_OF_ORDER
         self._last_book[d.instrument_id] = d.last_update_id
         return None

@@ -172,7 +172,9 @@ class RiskContext:
         return lim
 
 
-class _OpenOrder(msgspec.Struct):
+class _OpenOrder(msgspec.Struct, gc=False):
+    """An open order's worst-case exposure; scalars only, so kept out of the cyclic GC."""
+
     instrument_id: str
     side: Side
     leaves: Decimal
@@ -580,11 +582,12 @@ class AccountRisk:
 
     def on_order_event(self, ev: OrderEvent) -> None:
         """Follow the order state machine: leaves shrink on fills, terminal orders close."""
-        cur = self._open.get(ev.client_order_id)
+        cid = ev.client_order_id
+        cur = self._open.get(cid)
         if cur is None:
             return
-        self._remove_open(ev.client_order_id)
         if ev.status in _TERMINAL or ev.leaves_qty <= 0:
+            self._remove_open(cid)
             return
         if ev.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
             # Worst case until the venue answers: keep the larger of what we had.
@@ -596,9 +599,13 @@ class AccountRisk:
             if ev.price is not None and ev.status not in (OrderStatus.PENDING_REPLACE,)
             else cur.price
         )
-        self._add_open(
-            ev.client_order_id, _OpenOrder(cur.instrument_id, cur.side, leaves, px, ev.cum_qty)
-        )
+        if leaves == cur.leaves and px == cur.price:
+            # Exposure unchanged (the usual case: the PENDING_NEW echo of a submit); skip
+            # re-summing the per-instrument and notional totals on the order path.
+            cur.cum = ev.cum_qty
+            return
+        self._remove_open(cid)
+        self._add_open(cid, _OpenOrder(cur.instrument_id, cur.side, leaves, px, ev.cum_qty))
 
     # ------------------------------------------------------------------ positions, P&L
     def _roll_day(self, ts: int) -> None:

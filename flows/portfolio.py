@@ -50,6 +50,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from flows.inputs import merged_input
 from operators.portfolio import (
     AccountPnl,
     MarkSource,
@@ -310,11 +311,7 @@ def build_flow(
     cfg = config or PortfolioFlowConfig()
     acct = accounting or Accounting()
     flow = Dataflow(flow_id)
-    srcs = [sources] if isinstance(sources, Source) else list(sources)
-    if not srcs:
-        raise ValueError("portfolio build_flow: no sources; hint: pass fills and ticks sources")
-    inputs = [op.input(f"in_{i}", flow, s) for i, s in enumerate(srcs)]
-    raw = inputs[0] if len(inputs) == 1 else op.merge("merge_inputs", *inputs)
+    raw = merged_input(flow, sources, hint="fills and ticks sources")
     decoded = op.flat_map_batch("decode", raw, _Decode(cfg, acct))
     split = op.branch("split_dead_letters", decoded, _is_outgoing)
     dead: op.Stream[Outgoing] = split.trues

@@ -43,6 +43,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from flows.inputs import merged_input
 from operators.tca import (
     ExecutionQuality,
     FillQuality,
@@ -273,11 +274,7 @@ def build_flow(
     cfg = config or TcaFlowConfig()
     acct = accounting or Accounting()
     flow = Dataflow(flow_id)
-    srcs = [sources] if isinstance(sources, Source) else list(sources)
-    if not srcs:
-        raise ValueError("tca build_flow: no sources; hint: pass fills, events and ticks")
-    inputs = [op.input(f"in_{i}", flow, s) for i, s in enumerate(srcs)]
-    raw = inputs[0] if len(inputs) == 1 else op.merge("merge_inputs", *inputs)
+    raw = merged_input(flow, sources, hint="fills, events and ticks")
     decoded = op.flat_map_batch("decode", raw, _Decode(cfg, acct))
     split = op.branch("split_dead_letters", decoded, _is_input)
     dead: op.Stream[Outgoing] = split.falses  # type: ignore[assignment]

@@ -65,6 +65,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from flows.inputs import merged_input
 from operators.matching import (
     SimulatedVenue,
     VenueConfig,
@@ -430,11 +431,7 @@ def build_flow(
     venues = cfg.venues or load_venue_config()
     acct = accounting or Accounting()
     flow = Dataflow(flow_id)
-    srcs = [sources] if isinstance(sources, Source) else list(sources)
-    if not srcs:
-        raise ValueError("venue build_flow: no sources; hint: pass commands and ticks sources")
-    inputs = [op.input(f"in_{i}", flow, s) for i, s in enumerate(srcs)]
-    raw = inputs[0] if len(inputs) == 1 else op.merge("merge_inputs", *inputs)
+    raw = merged_input(flow, sources, hint="commands and ticks sources")
     decoded = op.flat_map_batch("decode", raw, _Decode(cfg, acct))
     split = op.branch("split_dead_letters", decoded, _is_outgoing)
     dead: op.Stream[Outgoing] = split.trues

@@ -192,7 +192,7 @@ def build_ticks_sink_jetstream(
     )
     dlq = JetStreamSink(ctx.nats, msg_id=_digest)
     flow = build_flow(
-        DeltaTicksConfig(root=root, batch_rows=5_000, batch_ms=200),
+        DeltaTicksConfig(root=root, batch_rows=50_000, batch_ms=1_000),
         source=source,
         dlq_sink=dlq,
         accounting=ctx.accounting,

@@ -39,28 +39,58 @@ _decoder = msgspec.json.Decoder(Tick)
 
 def check_message(msg: Message, accounting: Accounting | None = None) -> Stamped | DeadLetter:
     """Decode one bus message and check it fits its table; never raises on bad input."""
-    try:
-        tick = _decoder.decode(msg.data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        if accounting is not None:
-            accounting.add(
-                STAGE, {(UNKNOWN_INSTRUMENT, IN): 1, (UNKNOWN_INSTRUMENT, DEAD_LETTERED): 1}
+    return _Check(accounting)([msg])[0]
+
+
+class _Check:
+    """Decode and schema-check a batch; accounting is updated once per batch, not per tick."""
+
+    def __init__(self, accounting: Accounting | None) -> None:
+        self._accounting = accounting
+
+    def __call__(self, batch: list[Message]) -> list[Stamped | DeadLetter]:
+        out: list[Stamped | DeadLetter] = []
+        seen: Counter[str] = Counter()
+        dead: Counter[str] = Counter()
+        reasons: list[str] = []
+        for msg in batch:
+            try:
+                tick = _decoder.decode(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                seen[UNKNOWN_INSTRUMENT] += 1
+                dead[UNKNOWN_INSTRUMENT] += 1
+                reasons.append("DECODE_ERROR")
+                out.append(
+                    DeadLetter(
+                        STAGE, "DECODE_ERROR", str(exc), msg.data, msg.subject, None, msg.ts_recv
+                    )
+                )
+                continue
+            seen[tick.instrument_id] += 1
+            why = tick_misfit(tick)
+            if why is None:
+                out.append(Stamped(msg.subject, msg.seq, tick))
+                continue
+            dead[tick.instrument_id] += 1
+            reasons.append("SCHEMA_MISMATCH")
+            out.append(
+                DeadLetter(
+                    STAGE,
+                    "SCHEMA_MISMATCH",
+                    why,
+                    msg.data,
+                    msg.subject,
+                    tick.instrument_id,
+                    msg.ts_recv,
+                )
             )
-            accounting.add_reasons(STAGE, ["DECODE_ERROR"])
-        return DeadLetter(STAGE, "DECODE_ERROR", str(exc), msg.data, msg.subject, None, msg.ts_recv)
-    why = tick_misfit(tick)
-    counts: Counter[tuple[str, str]] = Counter({(tick.instrument_id, IN): 1})
-    if why is not None:
-        counts[(tick.instrument_id, DEAD_LETTERED)] += 1
-        if accounting is not None:
-            accounting.add(STAGE, counts)
-            accounting.add_reasons(STAGE, ["SCHEMA_MISMATCH"])
-        return DeadLetter(
-            STAGE, "SCHEMA_MISMATCH", why, msg.data, msg.subject, tick.instrument_id, msg.ts_recv
-        )
-    if accounting is not None:
-        accounting.add(STAGE, counts)
-    return Stamped(msg.subject, msg.seq, tick)
+        if self._accounting is not None:
+            counts = {(inst, IN): n for inst, n in seen.items()}
+            counts.update({(inst, DEAD_LETTERED): n for inst, n in dead.items()})
+            self._accounting.add(STAGE, counts)
+            if reasons:
+                self._accounting.add_reasons(STAGE, reasons)
+        return out
 
 
 def _dead_out(dl: DeadLetter) -> Outgoing:
@@ -94,7 +124,7 @@ def build_flow(
 
     flow = Dataflow(flow_id)
     msgs = op.input("md_ticks", flow, source)
-    checked = op.map("check", msgs, lambda m: check_message(m, accounting))
+    checked = op.flat_map_batch("check", msgs, _Check(accounting))
     split = op.branch("split", checked, lambda x: isinstance(x, Stamped))
     dead: Any = split.falses
     good: Any = split.trues

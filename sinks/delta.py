@@ -36,6 +36,7 @@ acknowledged, and the restarted flow replays it.
 
 from __future__ import annotations
 
+import decimal
 import os
 import time
 from collections import Counter
@@ -193,10 +194,21 @@ def arrow_schema(kind: str) -> pa.Schema:
     return pa.schema(head + body + tail)
 
 
+#: Quantizing to 18 places in a 38-digit context with these traps succeeds exactly when a
+#: value fits decimal(38, 18) without rounding: one C call for the common case.
+_FIT_CONTEXT = decimal.Context(prec=38, traps=[decimal.Inexact, decimal.InvalidOperation])
+_FIT_QUANTUM = Decimal(1).scaleb(-DEC_SCALE)
+
+
 def decimal_misfit(name: str, d: Decimal) -> str | None:
     """Why ``d`` cannot be stored exactly as decimal(38, 18), or None when it can."""
     if not d.is_finite():
         return f"{name}={d} is not finite"
+    try:
+        d.quantize(_FIT_QUANTUM, context=_FIT_CONTEXT)
+        return None
+    except (decimal.Inexact, decimal.InvalidOperation):
+        pass  # it does not fit: work out why, for the dead letter
     exp = d.as_tuple().exponent
     assert isinstance(exp, int)
     if exp < -DEC_SCALE:

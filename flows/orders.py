@@ -68,7 +68,7 @@ import hashlib
 import os
 import re
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal
@@ -83,7 +83,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from operators.execreports import ExecReportMatcher
-from operators.orders import OrderManager
+from operators.orders import BoundedLog, OrderManager
 from operators.risk import AccountRisk, MarketView, RiskContext
 from operators.risk_config import DEFAULT_PATH, RiskConfigWatcher, RiskLimits
 from schemas.canonical import DeadLetter, Fill, OrderEvent, Position, Quote, Tick, TradeTick
@@ -180,8 +180,14 @@ class OrdersConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     instruments_path: str | None = None
     #: Requests and reports larger than this are dead-lettered unparsed.
     max_message_bytes: int = 64 * 1024
-    #: Answers remembered per account for de-duplicating byte-identical retries.
-    reply_cache_size: int = 100_000
+    #: Answers remembered per account for de-duplicating byte-identical retries (the
+    #: newest ones; an older retry is decided again, and risk refuses a reused id).
+    #: Every answer is in each epoch's snapshot (~350 bytes each), hence the bound.
+    reply_cache_size: int = 20_000
+    #: Submits (account, client order id) and venue order ids the router remembers for
+    #: matching execution reports without an account (the newest ones). A report for
+    #: an older order needs its account id, or it is dead-lettered unmatched.
+    router_memory: int = 262_144
 
 
 # ---------------------------------------------------------------------------------------
@@ -248,10 +254,15 @@ _RouterOut = list[Outgoing] | _ToAccount
 class _RouterState(msgspec.Struct):
     accounts: list[str]
     global_control: ControlCommand | None
-    #: (account, client order id) of every submit, for the matcher.
-    orders: list[tuple[str, str]]
-    #: (venue, venue order id, account, client order id) learned from reports.
-    venue_ids: list[tuple[str, str, str, str]]
+    #: (account, client order id) of the newest submits, for the matcher: BoundedLog
+    #: chunks (``list[list[tuple[str, str]]]``), cached so a snapshot re-encodes little.
+    orders: list[msgspec.Raw]
+    #: (venue, venue order id, account, client order id) learned from reports, likewise.
+    venue_ids: list[msgspec.Raw]
+
+
+_order_keys = msgspec.msgpack.Decoder(list[tuple[str, str]])
+_venue_keys = msgspec.msgpack.Decoder(list[tuple[str, str, str, str]])
 
 
 def _js_timestamp(reply: str | None) -> int | None:
@@ -314,23 +325,43 @@ class _RouterLogic(StatefulBatchLogic[list[Message], _RouterOut, bytes]):
         self._config = config
         self._accounting = accounting
         self._matcher = ExecReportMatcher(max_bytes=config.max_message_bytes)
+        self._orders: BoundedLog[tuple[str, str]] = BoundedLog(config.router_memory)
+        self._venue_ids: BoundedLog[tuple[str, str, str, str]] = BoundedLog(config.router_memory)
+        self._known_orders: set[tuple[str, str]] = set()
+        self._venue_keys: set[tuple[str, str]] = set()
         if state is None:
             self._st = _RouterState([], None, [], [])
         else:
             self._st = msgspec.msgpack.decode(state, type=_RouterState)
-            for acct, cid in self._st.orders:
-                self._matcher.register(acct, cid)
-            for venue, void, acct, cid in self._st.venue_ids:
-                self._matcher.register(acct, cid, venue, void)
+            for chunk in self._st.orders:
+                for acct, cid in _order_keys.decode(chunk):
+                    self._learn_order((acct, cid))
+            for chunk in self._st.venue_ids:
+                for venue, void, acct, cid in _venue_keys.decode(chunk):
+                    self._learn_venue_id(venue, void, acct, cid)
         self._accounts = set(self._st.accounts)
-        self._known_orders = set(self._st.orders)
-        self._venue_keys = {(v, vid) for v, vid, _a, _c in self._st.venue_ids}
         self._counts: Counter[tuple[str, str]] = Counter()
         self._reasons: list[str] = []
 
     def snapshot(self) -> bytes:
         self._st.accounts = sorted(self._accounts)
+        self._st.orders = self._orders.snapshot()
+        self._st.venue_ids = self._venue_ids.snapshot()
         return msgspec.msgpack.encode(self._st)
+
+    def _learn_order(self, key: tuple[str, str]) -> None:
+        self._known_orders.add(key)
+        self._matcher.register(*key)
+        for old in self._orders.append(key):
+            self._known_orders.discard(old)
+            self._matcher.forget(*old)
+
+    def _learn_venue_id(self, venue: str, void: str, account: str, cid: str) -> None:
+        self._venue_keys.add((venue, void))
+        self._matcher.register(account, cid, venue, void)
+        for v, vid, _a, _c in self._venue_ids.append((venue, void, account, cid)):
+            self._venue_keys.discard((v, vid))
+            self._matcher.forget("", "", v, vid)
 
     # -- helpers -----------------------------------------------------------------------------
     def _count(self, outcome: str, reason: str | None = None) -> None:
@@ -502,9 +533,7 @@ class _RouterLogic(StatefulBatchLogic[list[Message], _RouterOut, bytes]):
         if isinstance(cmd, SubmitOrder):
             key = (account, cmd.client_order_id)
             if cmd.client_order_id and key not in self._known_orders:
-                self._known_orders.add(key)
-                self._matcher.register(account, cmd.client_order_id)
-                self._st.orders.append(key)
+                self._learn_order(key)
         digest = hashlib.blake2b(msg.data, digest_size=16).digest()
         self._to_account(account, Routed(account, cmd, _reply_to(msg), digest), out)
 
@@ -551,11 +580,9 @@ class _RouterLogic(StatefulBatchLogic[list[Message], _RouterOut, bytes]):
             else:
                 account, cid = res.account_id, res.client_order_id
                 assert account is not None and cid is not None
-                if res.venue_order_id is not None:
-                    vkey = (res.venue, res.venue_order_id)
-                    if vkey not in self._venue_keys:
-                        self._venue_keys.add(vkey)
-                        self._st.venue_ids.append((*vkey, account, cid))
+                void = res.venue_order_id
+                if void is not None and (res.venue, void) not in self._venue_keys:
+                    self._learn_venue_id(res.venue, void, account, cid)
                 self._to_account(account, Routed(account, res), out)
 
     def _position(self, msg: Message, out: list[Outgoing | Routed]) -> None:
@@ -580,12 +607,19 @@ class _RouterLogic(StatefulBatchLogic[list[Message], _RouterOut, bytes]):
 # per account: risk, then the order state machine
 # ---------------------------------------------------------------------------------------
 class _AccountState(msgspec.Struct):
+    """One account's snapshot. The parts are embedded msgpack (``msgspec.Raw``), not
+    nested ``bytes``, so each is copied once; risk and orders are incremental already."""
+
     account_id: str
-    risk: bytes
-    orders: bytes
+    risk: msgspec.Raw
+    orders: msgspec.Raw
     global_halted: bool
     global_halt_reason: str
-    replies: list[tuple[bytes, bytes]]
+    #: BoundedLog chunks of (request digest, answer): ``list[list[tuple[bytes, bytes]]]``.
+    replies: list[msgspec.Raw]
+
+
+_reply_chunk = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 
 
 class _AccountLogic(StatefulBatchLogic[_ToAccount, list[Outgoing], bytes]):
@@ -606,16 +640,19 @@ class _AccountLogic(StatefulBatchLogic[_ToAccount, list[Outgoing], bytes]):
         self._ctx = RiskContext(shared.limits, shared.instruments, shared.market)
         self._risk: AccountRisk | None = None
         self._oms: OrderManager | None = None
-        self._replies: OrderedDict[bytes, bytes] = OrderedDict()
+        self._replies: dict[bytes, bytes] = {}
+        self._reply_log: BoundedLog[tuple[bytes, bytes]] = BoundedLog(config.reply_cache_size)
         self._now = 0
         if state is not None:
             st = msgspec.msgpack.decode(state, type=_AccountState)
             self._bind(st.account_id)
-            self._risk = AccountRisk.restore(st.risk, self._ctx)
-            self._oms = OrderManager.restore(st.orders)
+            self._risk = AccountRisk.restore(bytes(st.risk), self._ctx)
+            self._oms = OrderManager.restore(bytes(st.orders))
             self._ctx.global_halted = st.global_halted
             self._ctx.global_halt_reason = st.global_halt_reason
-            self._replies = OrderedDict(st.replies)
+            for chunk in st.replies:
+                for digest, data in _reply_chunk.decode(chunk):
+                    self._remember_reply(digest, data)
 
     def _bind(self, account: str) -> None:
         self.account = account
@@ -630,13 +667,18 @@ class _AccountLogic(StatefulBatchLogic[_ToAccount, list[Outgoing], bytes]):
         return msgspec.msgpack.encode(
             _AccountState(
                 account_id=self.account,
-                risk=self._risk.snapshot(),
-                orders=self._oms.snapshot(),
+                risk=msgspec.Raw(self._risk.snapshot()),
+                orders=msgspec.Raw(self._oms.snapshot()),
                 global_halted=self._ctx.global_halted,
                 global_halt_reason=self._ctx.global_halt_reason,
-                replies=list(self._replies.items()),
+                replies=self._reply_log.snapshot(),
             )
         )
+
+    def _remember_reply(self, digest: bytes, data: bytes) -> None:
+        self._replies[digest] = data
+        for old, _data in self._reply_log.append((digest, data)):
+            self._replies.pop(old, None)
 
     def on_batch(self, values: list[_ToAccount]) -> tuple[Iterable[list[Outgoing]], bool]:
         if self._risk is None:
@@ -681,10 +723,7 @@ class _AccountLogic(StatefulBatchLogic[_ToAccount, list[Outgoing], bytes]):
             out.append(Outgoing(r.reply_to, data))
         out.append(Outgoing(self._decisions, data))
         if r.digest is not None:
-            replies = self._replies
-            replies[r.digest] = data
-            if len(replies) > self._config.reply_cache_size:
-                replies.popitem(last=False)
+            self._remember_reply(r.digest, data)
 
     def _apply(self, results: Iterable[OrderEvent | AlertRaised], out: list[Outgoing]) -> None:
         assert self._risk is not None

@@ -68,6 +68,27 @@ class ExecReportMatcher:
         if venue is not None and venue_order_id is not None:
             self._by_venue_id[(venue, venue_order_id)] = key
 
+    def forget(
+        self,
+        account_id: str,
+        client_order_id: str,
+        venue: str | None = None,
+        venue_order_id: str | None = None,
+    ) -> None:
+        """Drop what :meth:`register` learned, so an owner of a bounded memory can bound this.
+
+        A report for a forgotten order is matched as if never registered: by its own
+        account id if it has one, else dead-lettered as unmatched.
+        """
+        if venue is not None and venue_order_id is not None:
+            self._by_venue_id.pop((venue, venue_order_id), None)
+            return
+        key = (account_id, client_order_id)
+        if key in self._known:
+            self._known.discard(key)
+            if self._by_client_id.get(client_order_id) == account_id:
+                del self._by_client_id[client_order_id]
+
     def on_order_event(self, ev: OrderEvent, venue: str | None = None) -> None:
         """Learn an order's owner from its events (any event will do; the first suffices)."""
         self.register(ev.account_id, ev.client_order_id, venue, ev.venue_order_id)

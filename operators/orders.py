@@ -47,7 +47,10 @@ default 28-digit context (only the final division can round).
 from __future__ import annotations
 
 import heapq
+from collections import deque
+from collections.abc import Iterator
 from decimal import Decimal
+from typing import Generic, TypeVar
 
 import msgspec
 
@@ -75,10 +78,84 @@ _PENDING = frozenset({S.PENDING_CANCEL, S.PENDING_REPLACE})
 _FILLABLE = frozenset({S.PENDING_NEW, S.ACCEPTED, S.PARTIALLY_FILLED, *_PENDING})
 
 Output = OrderEvent | AlertRaised
+T = TypeVar("T")
+
+#: How many terminal orders an :class:`OrderManager` keeps (the most recently closed):
+#: enough for a late fill after a cancel, a crossed cancel reject or a redelivered report
+#: to find its order; older ones leave the hot state (and every snapshot). A count, not
+#: a time: event times of commands and venue reports come from different clocks.
+DEFAULT_MAX_TERMINAL = 20_000
+
+_msgpack = msgspec.msgpack.Encoder()
+_pack = _msgpack.encode
 
 
-class OrderRecord(msgspec.Struct, gc=False):
+class BoundedLog(Generic[T]):
+    """An append-only FIFO of at most ``max_items`` items whose snapshot re-encodes only the tail.
+
+    Why: dedupe memories (seen ids, answered requests, the router's order index) are
+    written on every order but read rarely, and Bytewax snapshots the state each epoch.
+    Items are kept in chunks of ``chunk`` items; a full chunk is encoded once (msgpack)
+    and its bytes are reused by every later snapshot, so a snapshot costs the encoding
+    of the open chunk plus a copy of the sealed bytes. When the log exceeds
+    ``max_items``, whole oldest chunks are dropped and returned to the caller (who
+    forgets them in its look-up structures): the log then holds between
+    ``max_items - chunk`` and ``max_items`` of the newest items.
+    """
+
+    def __init__(self, max_items: int, chunk: int = 4096) -> None:
+        if max_items < chunk:
+            chunk = max(1, max_items)
+        self.max_items = max_items
+        self._chunk = chunk
+        self._sealed: deque[tuple[list[T], msgspec.Raw]] = deque()
+        self._n_sealed = 0
+        self._tail: list[T] = []
+
+    def __len__(self) -> int:
+        return self._n_sealed + len(self._tail)
+
+    def __iter__(self) -> Iterator[T]:
+        for items, _raw in self._sealed:
+            yield from items
+        yield from self._tail
+
+    def append(self, item: T) -> list[T]:
+        """Add ``item``; returns the items dropped to stay within the bound (usually none)."""
+        tail = self._tail
+        tail.append(item)
+        if len(tail) < self._chunk:
+            return []
+        self._sealed.append((tail, msgspec.Raw(_pack(tail))))
+        self._n_sealed += len(tail)
+        self._tail = []
+        dropped: list[T] = []
+        while self._sealed and len(self) > self.max_items:
+            old, _raw = self._sealed.popleft()
+            self._n_sealed -= len(old)
+            dropped.extend(old)
+        return dropped
+
+    def snapshot(self) -> list[msgspec.Raw]:
+        """The chunks, as embeddable msgpack; decodes as ``list[list[T]]``."""
+        out = [raw for _items, raw in self._sealed]
+        out.append(msgspec.Raw(_pack(self._tail)))
+        return out
+
+    def extend_restored(self, chunks: list[list[T]]) -> list[T]:
+        """Refill from a decoded snapshot; returns what the bound drops (if it shrank)."""
+        dropped: list[T] = []
+        for chunk in chunks:
+            for item in chunk:
+                dropped.extend(self.append(item))
+        return dropped
+
+
+class OrderRecord(msgspec.Struct, gc=False, array_like=True, omit_defaults=True):
     """One order's full state. Mutable, owned by its :class:`OrderManager`.
+
+    ``array_like``/``omit_defaults``: the record is only ever encoded for snapshots, and
+    positional fields without the defaults halve its size (and a snapshot's copy cost).
 
     ``gc=False``: every field is a scalar, so a record can never be part of a reference
     cycle, and tens of thousands of open orders tracked by the cyclic GC made each full
@@ -109,6 +186,8 @@ class OrderRecord(msgspec.Struct, gc=False):
     pending_price: Decimal | None = None
     expires_at: int | None = None
     seq: int = 0
+    #: Order in which the order became terminal (its manager's counter), for retention.
+    closed_seq: int | None = None
 
     @property
     def leaves_qty(self) -> Decimal:
@@ -121,10 +200,21 @@ class OrderRecord(msgspec.Struct, gc=False):
         return self.notional / self.cum_qty if self.cum_qty else None
 
 
-class _ManagerState(msgspec.Struct):
+class _Entry(msgspec.Struct, array_like=True):
+    """One order in a snapshot: its record and the execution ids applied to it."""
+
+    record: OrderRecord
+    exec_ids: list[str]
+
+
+class _ManagerSnapshot(msgspec.Struct):
+    """An :class:`OrderManager` snapshot: each entry a cached, msgpack-encoded _Entry."""
+
     account_id: str
-    orders: list[OrderRecord]
-    seen_exec_ids: list[str]
+    orders: list[msgspec.Raw]
+
+
+_entry_decoder = msgspec.msgpack.Decoder(_Entry)
 
 
 def _expiry(order: Order) -> int | None:
@@ -136,14 +226,36 @@ def _expiry(order: Order) -> int | None:
 
 
 class OrderManager:
-    """All orders of one account. Keyed state for a flow keyed by account."""
+    """All orders of one account. Keyed state for a flow keyed by account.
 
-    def __init__(self, account_id: str) -> None:
+    Snapshots are incremental: each order's snapshot entry (record plus applied exec ids)
+    is cached as msgpack bytes and re-encoded only when the order changed since the last
+    snapshot (``_dirty``), so a snapshot costs the changed orders plus a copy of the
+    cached bytes, not an encoding of every open order.
+
+    What grows is bounded by ``max_terminal``: once more orders than that are terminal,
+    the one closed longest ago is dropped (with its exec ids).
+    After that a report for it is ``UNMATCHED_EXECUTION_REPORT`` (alerted, never applied,
+    so a duplicate exec id cannot double-fill it), a cancel/replace is ``UNKNOWN_ORDER``,
+    and reuse of its client order id is refused by risk's own memory of ids
+    (:class:`~operators.risk.AccountRisk`), not here. Open orders are never dropped.
+    """
+
+    def __init__(self, account_id: str, max_terminal: int = DEFAULT_MAX_TERMINAL) -> None:
         self.account_id = account_id
+        self.max_terminal = max_terminal
         self.orders: dict[str, OrderRecord] = {}
         self._by_venue_id: dict[str, str] = {}
         self._seen_exec: set[str] = set()
+        #: client order id -> the exec keys applied to it (dropped with the order).
+        self._execs: dict[str, list[str]] = {}
         self._expiries: list[tuple[int, str]] = []
+        #: (closed_seq, client order id) of terminal orders, oldest first, for retention.
+        self._retire: deque[tuple[int, str]] = deque()
+        self._closed = 0
+        #: client order id -> cached snapshot entry; ids changed since the last snapshot.
+        self._raw: dict[str, msgspec.Raw] = {}
+        self._dirty: set[str] = set()
         #: Execution reports dropped as duplicates (for stage accounting).
         self.duplicates = 0
 
@@ -163,6 +275,13 @@ class OrderManager:
         detail: str | None = None,
     ) -> OrderEvent:
         o.seq += 1
+        self._dirty.add(o.client_order_id)
+        if o.closed_seq is None and o.status in TERMINAL:
+            self._closed += 1
+            o.closed_seq = self._closed
+            self._retire.append((self._closed, o.client_order_id))
+            if len(self._retire) > self.max_terminal:
+                self._retire_oldest()
         return OrderEvent(
             event=event,
             status=o.status,
@@ -357,6 +476,20 @@ class OrderManager:
             out.append(self._event(rec, "EXPIRED", at, detail=f"{rec.time_in_force} expiry"))
         return out
 
+    def _retire_oldest(self) -> None:
+        """Forget the order closed longest ago (no output: nothing anyone sees changes)."""
+        at, cid = self._retire.popleft()
+        rec = self.orders.get(cid)
+        if rec is None or rec.closed_seq != at:
+            return
+        cid = rec.client_order_id
+        del self.orders[cid]
+        if rec.venue_order_id is not None and self._by_venue_id.get(rec.venue_order_id) == cid:
+            del self._by_venue_id[rec.venue_order_id]
+        for key in self._execs.pop(cid, ()):
+            self._seen_exec.discard(key)
+        self._dirty.add(cid)
+
     # ------------------------------------------------------------------ venue
     def find(self, rep: ExecutionReport) -> OrderRecord | None:
         if rep.venue_order_id is not None:
@@ -389,6 +522,11 @@ class OrderManager:
             ]
         self._seen_exec.add(key)
         cid = rec.client_order_id
+        execs = self._execs.get(cid)
+        if execs is None:
+            execs = self._execs[cid] = []
+        execs.append(key)
+        self._dirty.add(cid)
         if rep.instrument_id is not None and rep.instrument_id != rec.instrument_id:
             return [
                 self._alert(
@@ -583,21 +721,47 @@ class OrderManager:
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> bytes:
-        return msgspec.msgpack.encode(
-            _ManagerState(self.account_id, list(self.orders.values()), sorted(self._seen_exec))
-        )
+        """Re-encode the orders changed since the last snapshot; reuse the rest's bytes.
+
+        The result is a new ``bytes`` (immutable, as Bytewax requires); the cached
+        entries it is built from are never mutated, only replaced.
+        """
+        raw, orders, execs = self._raw, self.orders, self._execs
+        for cid in self._dirty:
+            rec = orders.get(cid)
+            if rec is None:
+                raw.pop(cid, None)
+            else:
+                raw[cid] = msgspec.Raw(_pack(_Entry(rec, execs.get(cid, []))))
+        self._dirty.clear()
+        return _pack(_ManagerSnapshot(self.account_id, list(raw.values())))
 
     @classmethod
-    def restore(cls, data: bytes) -> OrderManager:
-        st = msgspec.msgpack.decode(data, type=_ManagerState)
-        mgr = cls(st.account_id)
-        for rec in st.orders:
-            mgr.orders[rec.client_order_id] = rec
+    def restore(cls, data: bytes, max_terminal: int = DEFAULT_MAX_TERMINAL) -> OrderManager:
+        st = msgspec.msgpack.decode(data, type=_ManagerSnapshot)
+        mgr = cls(st.account_id, max_terminal)
+        closed: list[tuple[int, str]] = []
+        decode = _entry_decoder.decode
+        for raw in st.orders:
+            entry = decode(raw)
+            rec = entry.record
+            cid = rec.client_order_id
+            mgr.orders[cid] = rec
             if rec.venue_order_id is not None:
-                mgr._by_venue_id[rec.venue_order_id] = rec.client_order_id
+                mgr._by_venue_id[rec.venue_order_id] = cid
             if rec.expires_at is not None and rec.status not in TERMINAL:
-                heapq.heappush(mgr._expiries, (rec.expires_at, rec.client_order_id))
-        mgr._seen_exec = set(st.seen_exec_ids)
+                heapq.heappush(mgr._expiries, (rec.expires_at, cid))
+            if rec.closed_seq is not None:
+                closed.append((rec.closed_seq, cid))
+            if entry.exec_ids:
+                mgr._execs[cid] = entry.exec_ids
+                mgr._seen_exec.update(entry.exec_ids)
+            mgr._raw[cid] = raw  # the restored bytes are the cache: nothing to re-encode
+        closed.sort()
+        mgr._retire.extend(closed)
+        mgr._closed = closed[-1][0] if closed else 0
+        while len(mgr._retire) > mgr.max_terminal:
+            mgr._retire_oldest()
         return mgr
 
 

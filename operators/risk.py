@@ -61,6 +61,7 @@ from decimal import Decimal
 
 import msgspec
 
+from operators.orders import BoundedLog
 from operators.risk_config import AccountLimits, RiskLimits
 from schemas.canonical import Order, OrderEvent, Position, Quote, TradeTick
 from schemas.common import OrderStatus, OrderType, Side, TimeInForce
@@ -78,6 +79,9 @@ from schemas.orders import (
 )
 
 NANOS_PER_DAY = 86_400 * 1_000_000_000
+#: Client order ids an account remembers for duplicate detection (the newest ones).
+DEFAULT_MAX_SEEN_IDS = 262_144
+_pack = msgspec.msgpack.Encoder().encode
 _ZERO = Decimal(0)
 _BPS = Decimal(10_000)
 _TWO = Decimal(2)
@@ -172,7 +176,7 @@ class RiskContext:
         return lim
 
 
-class _OpenOrder(msgspec.Struct, gc=False):
+class _OpenOrder(msgspec.Struct, gc=False, array_like=True):
     """An open order's worst-case exposure; scalars only, so kept out of the cyclic GC."""
 
     instrument_id: str
@@ -189,11 +193,16 @@ class _PositionState(msgspec.Struct):
 
 
 class _AccountState(msgspec.Struct):
-    """The serialisable part of :class:`AccountRisk`, for snapshots."""
+    """The serialisable part of :class:`AccountRisk`, for snapshots.
+
+    Written with the big parts as cached msgpack (``msgspec.Raw``): the id memory as
+    :class:`~operators.orders.BoundedLog` chunks, each open order as its own entry, so
+    a snapshot re-encodes only what changed since the previous one.
+    """
 
     account_id: str
-    seen_client_order_ids: list[str]
-    open_orders: dict[str, _OpenOrder]
+    seen_client_order_ids: list[msgspec.Raw]  # chunks: list[list[str]]
+    open_orders: dict[str, msgspec.Raw]  # values: _OpenOrder
     positions: dict[str, _PositionState]
     order_times: list[int]
     cancel_times: list[int]
@@ -212,11 +221,21 @@ class AccountRisk:
     state machine's :class:`~schemas.canonical.OrderEvent`\\ s via :meth:`on_order_event`.
     """
 
-    def __init__(self, account_id: str, ctx: RiskContext) -> None:
+    def __init__(
+        self, account_id: str, ctx: RiskContext, max_seen_ids: int = DEFAULT_MAX_SEEN_IDS
+    ) -> None:
         self.account_id = account_id
         self.ctx = ctx
+        # Duplicate detection remembers the newest ``max_seen_ids`` ids (a BoundedLog,
+        # so memory and snapshots stay bounded) plus every open order's id, whatever its
+        # age. A closed order's id older than that can be reused; the order state machine
+        # still refuses it while it retains the original (see OrderManager).
         self._seen: set[str] = set()
+        self._seen_log: BoundedLog[str] = BoundedLog(max_seen_ids)
         self._open: dict[str, _OpenOrder] = {}
+        # Snapshot cache: each open order's msgpack, and the ids changed since the last.
+        self._open_raw: dict[str, msgspec.Raw] = {}
+        self._open_dirty: set[str] = set()
         # instrument -> [open buy leaves, open sell leaves]
         self._open_by_inst: dict[str, list[Decimal]] = {}
         self._open_notional = _ZERO
@@ -276,9 +295,9 @@ class AccountRisk:
         cid = order.client_order_id
         # An id is spent by any decision, so risk and the order state machine (which
         # records denied orders too) always agree on which ids are duplicates.
-        duplicate = cid in self._seen
-        if cid:
-            self._seen.add(cid)
+        duplicate = cid in self._seen or cid in self._open
+        if cid and not duplicate:
+            self._remember(cid)
         try:
             lim = self.ctx.limits_for(self.account_id)
             self._gate(lim)
@@ -563,9 +582,15 @@ class AccountRisk:
                     f"{lim.max_gross_exposure}",
                 )
 
+    def _remember(self, cid: str) -> None:
+        self._seen.add(cid)
+        for old in self._seen_log.append(cid):
+            self._seen.discard(old)
+
     # ------------------------------------------------------------------ open orders
     def _add_open(self, cid: str, o: _OpenOrder) -> None:
         self._open[cid] = o
+        self._open_dirty.add(cid)
         bs = self._open_by_inst.get(o.instrument_id)
         if bs is None:
             bs = self._open_by_inst[o.instrument_id] = [_ZERO, _ZERO]
@@ -575,6 +600,7 @@ class AccountRisk:
     def _remove_open(self, cid: str) -> _OpenOrder | None:
         o = self._open.pop(cid, None)
         if o is not None:
+            self._open_dirty.add(cid)
             bs = self._open_by_inst[o.instrument_id]
             bs[0 if o.side is Side.BUY else 1] -= o.leaves
             self._open_notional -= o.leaves * o.price
@@ -602,7 +628,9 @@ class AccountRisk:
         if leaves == cur.leaves and px == cur.price:
             # Exposure unchanged (the usual case: the PENDING_NEW echo of a submit); skip
             # re-summing the per-instrument and notional totals on the order path.
-            cur.cum = ev.cum_qty
+            if cur.cum != ev.cum_qty:
+                cur.cum = ev.cum_qty
+                self._open_dirty.add(cid)
             return
         self._remove_open(cid)
         self._add_open(cid, _OpenOrder(cur.instrument_id, cur.side, leaves, px, ev.cum_qty))
@@ -664,10 +692,19 @@ class AccountRisk:
         return len(self._open)
 
     def snapshot(self) -> bytes:
+        """Re-encode only the open orders changed since the last snapshot."""
+        raw, open_ = self._open_raw, self._open
+        for cid in self._open_dirty:
+            o = open_.get(cid)
+            if o is None:
+                raw.pop(cid, None)
+            else:
+                raw[cid] = msgspec.Raw(_pack(o))
+        self._open_dirty.clear()
         state = _AccountState(
             account_id=self.account_id,
-            seen_client_order_ids=sorted(self._seen),
-            open_orders=dict(self._open),
+            seen_client_order_ids=self._seen_log.snapshot(),
+            open_orders=dict(raw),
             positions=dict(self._positions),
             order_times=list(self._order_times),
             cancel_times=list(self._cancel_times),
@@ -677,15 +714,22 @@ class AccountRisk:
             halted=self.halted,
             halt_reason=self.halt_reason,
         )
-        return msgspec.msgpack.encode(state)
+        return _pack(state)
 
     @classmethod
-    def restore(cls, data: bytes, ctx: RiskContext) -> AccountRisk:
+    def restore(
+        cls, data: bytes, ctx: RiskContext, max_seen_ids: int = DEFAULT_MAX_SEEN_IDS
+    ) -> AccountRisk:
         st = msgspec.msgpack.decode(data, type=_AccountState)
-        acct = cls(st.account_id, ctx)
-        acct._seen = set(st.seen_client_order_ids)
-        for cid, o in st.open_orders.items():
-            acct._add_open(cid, o)
+        acct = cls(st.account_id, ctx, max_seen_ids)
+        for chunk in st.seen_client_order_ids:
+            for cid in _ids_decoder.decode(chunk):
+                acct._remember(cid)
+        decode = _open_decoder.decode
+        for cid, raw in st.open_orders.items():
+            acct._add_open(cid, decode(raw))
+            acct._open_raw[cid] = raw
+        acct._open_dirty.clear()  # the restored bytes are the cache
         for inst, p in st.positions.items():
             acct._positions[inst] = p
             acct._gross_positions += _exposure(p)
@@ -698,6 +742,10 @@ class AccountRisk:
         acct.halted = st.halted
         acct.halt_reason = st.halt_reason
         return acct
+
+
+_ids_decoder = msgspec.msgpack.Decoder(list[str])
+_open_decoder = msgspec.msgpack.Decoder(_OpenOrder)
 
 
 def _exposure(p: _PositionState) -> Decimal:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from schemas.canonical import DeadLetter, Tick
@@ -93,6 +94,76 @@ class _Check:
         return out
 
 
+class _Grouped:
+    """Check a source batch, then hand on its good ticks as one list per shard.
+
+    Bytewax pays its per-item cost once per (batch, shard) instead of once per tick.
+    A shard is a hash of the subject, so one subject always lands on one worker.
+    """
+
+    def __init__(self, check: _Check, shards: int) -> None:
+        self._check = check
+        self._shards = shards
+
+    def __call__(self, batch: list[Message]) -> list[DeadLetter | tuple[str, list[Stamped]]]:
+        out: list[DeadLetter | tuple[str, list[Stamped]]] = []
+        groups: dict[str, list[Stamped]] = {}
+        for rec in self._check(batch):
+            if isinstance(rec, DeadLetter):
+                out.append(rec)
+            else:
+                key = (
+                    str(zlib.crc32(rec.origin.encode()) % self._shards) if self._shards > 1 else "0"
+                )
+                groups.setdefault(key, []).append(rec)
+        out.extend(groups.items())
+        return out
+
+
+class _Batcher(StatefulBatchLogic[list[Stamped], list[Stamped], list[Stamped]]):
+    """Accumulate ticks until ``rows`` or ``wait`` after the first, then emit one commit.
+
+    The buffer is Bytewax state, so ticks the source has moved past are in the snapshot
+    until they are committed: nothing is acknowledged that was not written.
+    """
+
+    def __init__(self, rows: int, wait: timedelta, state: list[Stamped] | None) -> None:
+        self._rows = rows
+        self._wait = wait
+        self._buf: list[Stamped] = list(state or [])
+        self._due: datetime | None = _utcnow() + wait if self._buf else None
+
+    def on_batch(self, values: list[list[Stamped]]) -> tuple[list[list[Stamped]], bool]:
+        for v in values:
+            self._buf.extend(v)
+        if self._due is None:
+            self._due = _utcnow() + self._wait
+        if len(self._buf) >= self._rows:
+            return self._flush()
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[list[Stamped]], bool]:
+        return self._flush()
+
+    def on_eof(self) -> tuple[list[list[Stamped]], bool]:
+        return self._flush()
+
+    def notify_at(self) -> datetime | None:
+        return self._due
+
+    def snapshot(self) -> list[Stamped]:
+        return list(self._buf)
+
+    def _flush(self) -> tuple[list[list[Stamped]], bool]:
+        out, self._buf, self._due = self._buf, [], None
+        return ([out] if out else []), StatefulBatchLogic.RETAIN
+
+
+def _utcnow() -> datetime:
+    # A flush timer in the engine's own time, as bytewax's collect uses; not operator logic.
+    return datetime.now(UTC)
+
+
 def _dead_out(dl: DeadLetter) -> Outgoing:
     return Outgoing(DLQ_SUBJECT, msgspec.json.encode(dl))
 
@@ -124,14 +195,14 @@ def build_flow(
 
     flow = Dataflow(flow_id)
     msgs = op.input("md_ticks", flow, source)
-    checked = op.flat_map_batch("check", msgs, _Check(accounting))
-    split = op.branch("split", checked, lambda x: isinstance(x, Stamped))
-    dead: Any = split.falses
-    good: Any = split.trues
+    checked = op.flat_map_batch("check", msgs, _Grouped(_Check(accounting), max(shards, 1)))
+    split = op.branch("split", checked, lambda x: isinstance(x, DeadLetter))
+    dead: Any = split.trues
+    good: Any = split.falses
     op.output("dlq", op.map("dlq_encode", dead, _dead_out), dlq_sink)
-    keyed = op.key_on("shard", good, lambda s: str(zlib.crc32(s.origin.encode()) % max(shards, 1)))
-    batches = op.collect(
-        "batch", keyed, timedelta(milliseconds=config.batch_ms), max_size=config.batch_rows
+    wait = timedelta(milliseconds=config.batch_ms)
+    batches = op.stateful_batch(
+        "batch", good, lambda state: _Batcher(config.batch_rows, wait, state)
     )
     op.output(
         "delta",

@@ -50,3 +50,22 @@ def bench_sinks(ticks: int, rows: int, repeat: int) -> None:
     sinks_questdb.main.main(
         args=["--rows", str(rows), "--repeat", str(repeat)], standalone_mode=False
     )
+
+
+@bench_command.command("soak")
+@click.option("--minutes", default=10.0, show_default=True, type=click.FloatRange(min=0.1))
+@click.option("--tick-rate", default=20_000.0, show_default=True, help="Raw ticks/s offered.")
+@click.option("--order-rate", default=2_000.0, show_default=True, help="Orders/s offered.")
+def bench_soak(minutes: float, tick_rate: float, order_rate: float) -> None:
+    """The whole platform at a steady mixed load: throughput, latency and memory over time."""
+    from benchmarks.soak import main
+
+    main(minutes, tick_rate=tick_rate, order_rate=order_rate)
+
+
+@bench_command.command("scaleout")
+def bench_scaleout() -> None:
+    """Normalize throughput on 1 worker, 2 workers and 2 processes."""
+    from benchmarks.scaleout import main
+
+    main([])

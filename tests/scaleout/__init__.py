@@ -1,0 +1,1 @@
+"""Scale-out: the same results on one worker, several workers and several processes."""

@@ -469,7 +469,9 @@ class OrderManager:
         while self._expiries and self._expiries[0][0] <= now:
             at, cid = heapq.heappop(self._expiries)
             rec = self.orders.get(cid)
-            if rec is None or rec.status in TERMINAL:
+            # Entries are removed lazily, so one may be left by an earlier order that used
+            # this client id and was retired: it acts only for the order it was made for.
+            if rec is None or rec.status in TERMINAL or rec.expires_at != at:
                 continue
             rec.status = S.EXPIRED
             rec.prior = None

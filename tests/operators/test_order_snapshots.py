@@ -84,12 +84,17 @@ def _state(mgr: OrderManager) -> tuple[object, ...]:
         {c: msgspec.to_builtins(r) for c, r in mgr.orders.items()},
         dict(mgr._by_venue_id),
         set(mgr._seen_exec),
-        # stale heap entries of closed orders are skipped lazily; compare the live ones
-        sorted(
+        # The effective expiry schedule. Heap entries are dropped lazily: an entry whose
+        # order closed, or which an earlier order with the same client id left behind, is
+        # skipped by on_time (its expiry must equal the order's own), and identical
+        # entries expire an order once, so the schedule is a set of the entries that act.
+        {
             (at, c)
             for at, c in mgr._expiries
-            if c in mgr.orders and mgr.orders[c].status not in _TERMINAL
-        ),
+            if c in mgr.orders
+            and mgr.orders[c].status not in _TERMINAL
+            and mgr.orders[c].expires_at == at
+        },
         list(mgr._retire),
     )
 
@@ -151,3 +156,28 @@ def test_bounded_log_keeps_the_newest_and_returns_what_it_drops() -> None:
     again: BoundedLog[int] = BoundedLog(10, chunk=4)
     assert again.extend_restored(chunks) == []
     assert list(again) == list(log)
+
+
+def test_a_retired_orders_expiry_never_expires_a_new_order_with_its_id() -> None:
+    """Expiry entries are dropped lazily; one left behind must not act on a later order."""
+    mgr = OrderManager("A", max_terminal=1)
+
+    def gtd(cid: str, ts: int, expire: int) -> Order:
+        o = _order(cid, ts)
+        return msgspec.structs.replace(o, time_in_force=TimeInForce.GTD, expire_time=expire)
+
+    mgr.on_submit(gtd("c1", T0, T0 + 10), _ok("c1", T0))
+    mgr.on_cancel(CancelOrder(account_id="A", client_order_id="c1", ts_submit=T0 + 1))
+    canceled = ExecutionReport(
+        venue="V", exec_id="x1", exec_type=ExecType.CANCELED, ts_event=T0 + 2, client_order_id="c1"
+    )
+    mgr.on_execution_report(canceled)
+    mgr.on_submit(gtd("c2", T0 + 3, T0 + 1_000), _ok("c2", T0 + 3))
+    mgr.on_cancel(CancelOrder(account_id="A", client_order_id="c2", ts_submit=T0 + 4))
+    mgr.on_execution_report(msgspec.structs.replace(canceled, exec_id="x2", client_order_id="c2"))
+    assert "c1" not in mgr.orders  # retired: only one closed order is kept
+    mgr.on_submit(gtd("c1", T0 + 5, T0 + 100), _ok("c1", T0 + 5))  # a new order, same id
+    assert mgr.on_time(T0 + 50) == []  # the first c1's entry (T0 + 10) must not expire it
+    assert mgr.orders["c1"].status is OrderStatus.PENDING_NEW
+    (expired,) = mgr.on_time(T0 + 100)
+    assert expired.event == "EXPIRED" and expired.client_order_id == "c1"

@@ -78,6 +78,12 @@ log = logging.getLogger(__name__)
 DEFAULT_IDLE_WAIT: timedelta | None = None
 #: Messages buffered per partition before the subscription callback waits for Bytewax.
 DEFAULT_MAX_PENDING = 200_000
+#: nats-py's own queue for the ordered consumer: a safety net well above the server's
+#: flow-control window (32 MiB at most, measured), so it never drops in normal running.
+#: If it does, the gap is seen and the consumer is re-created, so nothing is lost.
+_ORDERED_PENDING_BYTES = 64 * 1024 * 1024
+_ORDERED_PENDING_MSGS = 1_000_000
+_ACK_PREFIX = "$JS.ACK."
 _CALL_TIMEOUT_S = 10.0
 
 
@@ -169,6 +175,11 @@ class _PartitionBase:
         self._max_pending = max_pending
         self.stats = stats
         self._feed: deque[Message] = deque()
+        # Loop side: items ever appended to the feed (compared with stats.delivered).
+        self._pushed = 0
+        # Loop side: bumped by every callback and while a callback waits for room, so a
+        # watchdog can tell a silent consumer from one we are holding back ourselves.
+        self._activity = 0
         self._awake: datetime | None = None
         self._last_item_mono = time.monotonic()
         self._closed = False
@@ -181,10 +192,13 @@ class _PartitionBase:
 
     async def _push(self, item: Message) -> None:
         self._feed.append(item)
-        # Backpressure: block only this subscription's callback task. For JetStream
-        # this holds back the flow-control reply, so the server pauses; for core NATS
-        # the client's pending queue fills and nats-py drops (counted as slow consumer).
+        self._pushed += 1
+        # Backpressure: block only this subscription's callback task. For the ordered
+        # JetStream consumer the flow-control reply waits for the worker anyway (see
+        # _JetStreamPartition); for core NATS the client's pending queue fills and
+        # nats-py drops (counted as slow consumer).
         while len(self._feed) > self._max_pending and not self._closed:
+            self._activity += 1
             await asyncio.sleep(0.005)
 
     async def _on_disconnected(self) -> None:
@@ -426,6 +440,12 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
         self._durable = durable
         self._hb = idle_heartbeat_s
         self._sub: Any = None
+        # Ordered mode: the server-side name of our ephemeral consumer, the pending
+        # flow-control reply as (feed items that must be drained first, reply subject),
+        # and the heartbeat watchdog.
+        self._consumer: str | None = None
+        self._fc: tuple[int, str] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         # Worker side: last stream seq handed to Bytewax (the resume state).
         self._delivered_seq = 0
         # Loop side: last stream seq put in the feed; a new consumer starts after it.
@@ -464,6 +484,8 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
             start = 0
         self._delivered_seq = self._last_seq = start
         await self._subscribe()
+        if self._durable is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     async def _durable_position(self, js: Any) -> int | None:
         assert self._durable is not None
@@ -486,22 +508,14 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
         self._gen += 1
         gen = self._gen
 
-        async def on_msg(msg: Msg) -> None:
-            if gen == self._gen:
-                await self._on_msg(msg)
-
         if self._durable is None:
-            # Ordered push consumer: ack-less, flow-controlled, and nats-py recreates it
-            # from the last stream seq it saw on a gap or a missed heartbeat (2 x idle_hb).
-            self._sub = await js.subscribe(
-                self._subject,
-                stream=self._stream,
-                config=config,
-                cb=on_msg,
-                ordered_consumer=True,
-                idle_heartbeat=self._hb,
-            )
+            await self._subscribe_ordered(js, config, gen)
         else:
+
+            async def on_msg(msg: Msg) -> None:
+                if gen == self._gen:
+                    await self._on_msg(msg)
+
             # A durable consumer always restarts from *our* position (resume state or
             # ack floor), so drop any old definition and re-create it from last_seq + 1.
             with contextlib.suppress(NotFoundError):
@@ -520,6 +534,127 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
                 flow_control=True,
                 idle_heartbeat=self._hb,
             )
+
+    async def _subscribe_ordered(self, js: Any, config: js_api.ConsumerConfig, gen: int) -> None:
+        """Our own ordered push consumer on a plain subscription (see the class docstring).
+
+        The subscription exists before the consumer, and both requests go out on one
+        connection in order, so the first delivery cannot beat it.
+        """
+        assert self._nc is not None
+        old = self._consumer
+        if old is not None:
+            # Best effort: an abandoned ephemeral consumer also expires by itself.
+            asyncio.get_running_loop().create_task(self._delete_consumer(js, old))
+        self._consumer = None
+        self._fc = None
+        self._expect_dseq = 1
+        inbox = self._nc.new_inbox()
+
+        async def on_raw(msg: Msg) -> None:
+            if gen == self._gen:
+                await self._on_ordered(msg)
+
+        self._sub = await self._nc.subscribe(
+            inbox,
+            cb=on_raw,
+            pending_msgs_limit=_ORDERED_PENDING_MSGS,
+            pending_bytes_limit=_ORDERED_PENDING_BYTES,
+        )
+        config.deliver_subject = inbox
+        config.ack_policy = js_api.AckPolicy.NONE
+        config.flow_control = True
+        config.idle_heartbeat = self._hb
+        config.max_deliver = 1
+        config.mem_storage = True
+        config.num_replicas = 1
+        config.inactive_threshold = max(5.0, 5 * self._hb)
+        info = await js.add_consumer(self._stream, config=config)
+        if gen == self._gen:
+            self._consumer = info.name
+        else:  # superseded while we waited for the server
+            asyncio.get_running_loop().create_task(self._delete_consumer(js, info.name))
+
+    async def _delete_consumer(self, js: Any, name: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(js.delete_consumer(self._stream, name), 2.0)
+
+    async def _on_ordered(self, msg: Msg) -> None:
+        """Data, flow-control requests and heartbeats of the ordered consumer, in order."""
+        self._activity += 1
+        reply = msg.reply
+        if reply.startswith(_ACK_PREFIX):
+            seq, dseq = _js_seqs(reply)
+            if dseq != self._expect_dseq:
+                self._restart(f"delivery gap (consumer seq {dseq}, expected {self._expect_dseq})")
+                return
+            self._expect_dseq = dseq + 1
+            await self._accept(msg, seq)
+            return
+        headers = msg.headers or {}
+        if reply:  # "100 FlowControl Request": answer once the worker took what came before
+            self._flow_control(reply)
+            return
+        # "100 Idle Heartbeat": while the server waits for a flow-control answer it names
+        # the reply subject again; it also tells which delivery it sent last.
+        stalled = headers.get(js_api.Header.CONSUMER_STALLED.value)
+        if stalled:
+            self._flow_control(stalled)
+        last = headers.get(js_api.Header.LAST_CONSUMER.value)
+        if last is not None and self._expect_dseq is not None:
+            with contextlib.suppress(ValueError):
+                if int(last) != self._expect_dseq - 1:
+                    self._restart(f"heartbeat says consumer seq {last} was sent")
+
+    def _flow_control(self, reply: str) -> None:
+        """Answer now if the worker has drained everything before the request, else later.
+
+        This is the backpressure: the server sends at most its flow-control window
+        beyond the last answered request, so the unanswered request caps what this
+        process holds. ``next_batch`` answers it once ``stats.delivered`` catches up.
+        """
+        need = self._pushed
+        if self.stats.delivered >= need:
+            self._fc = None
+            self._send_fc(reply)
+        else:
+            self._fc = (need, reply)
+
+    def _send_fc(self, reply: str) -> None:
+        nc = self._nc
+        if nc is not None and nc.is_connected:
+            asyncio.get_running_loop().create_task(nc.publish(reply, b""))
+
+    def _restart(self, why: str) -> None:
+        self._gen += 1
+        asyncio.get_running_loop().create_task(self._resubscribe(why))
+
+    async def _watch(self) -> None:
+        """Re-create a consumer that went silent (no delivery, heartbeat or wait for room).
+
+        Heartbeats come every ``idle_heartbeat_s`` even while the server waits for a
+        flow-control answer, so two missed ones mean the consumer is gone (e.g. the
+        server lost its in-memory state without dropping our connection).
+        """
+        period = max(0.2, 2 * self._hb)
+        seen = self._activity
+        while not self._closed:
+            await asyncio.sleep(period)
+            nc = self._nc
+            if self._closed or nc is None or not nc.is_connected:
+                seen = self._activity
+                continue
+            if self._activity == seen:
+                self._restart(f"no heartbeat for {period:g} s")
+            seen = self._activity
+
+    async def _aclose(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        nc, name = self._nc, self._consumer
+        if name is not None and nc is not None and nc.is_connected:
+            await self._delete_consumer(nc.jetstream(), name)
+        await super()._aclose()
 
     async def _resubscribe(self, why: str) -> None:
         assert self._resub_lock is not None
@@ -556,17 +691,20 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
         asyncio.get_running_loop().create_task(self._resubscribe("reconnected"))
 
     async def _on_msg(self, msg: Msg) -> None:
+        """A durable consumer's delivery (nats-py handles its flow control)."""
+        seq, dseq = _js_seqs(msg.reply)
+        expect = self._expect_dseq
+        if expect is not None and dseq != expect and dseq > expect:
+            # The server skipped deliveries (lost in flight): rewind.
+            self.stats.received += 1
+            self._restart("delivery gap")
+            return
+        self._expect_dseq = dseq + 1
+        await self._accept(msg, seq)
+
+    async def _accept(self, msg: Msg, seq: int) -> None:
         stats = self.stats
         stats.received += 1
-        seq, dseq = _js_seqs(msg.reply)
-        if self._durable is not None:
-            expect = self._expect_dseq
-            if expect is not None and dseq != expect and dseq > expect:
-                # The server skipped deliveries (lost in flight): rewind.
-                self._gen += 1
-                asyncio.get_running_loop().create_task(self._resubscribe("delivery gap"))
-                return
-            self._expect_dseq = dseq + 1
         if seq <= self._last_seq:
             stats.duplicates += 1
             return
@@ -590,6 +728,10 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
     def next_batch(self) -> list[Message]:
         self._check_stop()
         batch = self._drain()
+        fc = self._fc
+        if fc is not None and self.stats.delivered >= fc[0]:
+            self._fc = None
+            self._loop.call_soon(self._send_fc, fc[1])
         if batch:
             last = batch[-1]
             assert last.seq is not None
@@ -616,10 +758,11 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
 
     Consumer style. Measured on this machine with plain nats-py: ordered push
     consumer ~106k msg/s, push consumer with explicit acks ~61k/s, pull consumer
-    fetching 1,000 at a time 13-17k/s, so both modes here are push consumers. Through
-    this source (``benchmarks/nats_throughput.py``, one partition, 50k x 100 B) the
-    ordered consumer drained 150-180k msg/s and the durable one 134-180k msg/s (it
-    acks once per batch with ack policy "all", not per message).
+    fetching 1,000 at a time 13-17k/s, so both modes here are push consumers (a pull
+    consumer fetching only when there is room would bound memory too, at a tenth of
+    the rate). Through this source (``benchmarks/nats_throughput.py``, one partition,
+    50k x 100 B) the ordered consumer drained 150-180k msg/s and the durable one
+    134-180k msg/s (it acks once per batch with ack policy "all", not per message).
 
     Default: the **ordered push consumer**. It needs no acks and leaves no state on the
     server, and the position already lives in Bytewax's recovery store. Pass
@@ -627,6 +770,28 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
     position should also be kept (and be visible) on the server, e.g. for a flow run
     without Bytewax recovery: it then continues from the durable's ack floor.
     Either way, a resume state wins: the consumer is (re)created at state + 1.
+
+    Backpressure (a stalled sink stops the worker, so it stops draining the source):
+
+    * durable: ``max_ack_pending`` = max(max_pending, 10 x batch) holds the server back.
+    * ordered: the ordered consumer is our own, on a plain subscription, not nats-py's
+      ``ordered_consumer=True``. nats-py answers the server's flow-control requests
+      as soon as a callback subscription has *received* the messages before them (and
+      answers a stalled heartbeat at once), so the server never waited: with the sink
+      stalled, the whole stream landed in nats-py's queue (10,000 x 8 KB: +96 MB,
+      server pending 0). Here a flow-control request (or the reply subject a stalled
+      heartbeat repeats) is answered only once the worker has *drained* every message
+      delivered before it. The server sends at most one flow-control window past the
+      last answer (2 MiB at first, doubling per answer to 32 MiB, measured with
+      nats-server 2.15), so a stalled flow holds at most that window plus one batch in
+      memory and the rest stays on the server as the consumer's pending count
+      (same test: +0 MB, 9,740 of 10,000 pending). A running flow answers at once, so
+      the cost is nil: interleaved runs of the old and this consumer (100k x 100 B,
+      one partition) drained a median 109k vs 159k msg/s on this noisy 2-core box,
+      and ``benchmarks/nats_throughput.py`` measured 172k msg/s afterwards.
+      We also check delivery sequences and the heartbeats' last-delivered sequence and
+      re-create the consumer from the last stream sequence held on a gap or after
+      2 x ``idle_heartbeat_s`` of silence, as nats-py's ordered consumer did.
 
     After a nats-server restart both styles continue from the last sequence received
     (the stream is on disk), so nothing is lost; duplicates are dropped by sequence.

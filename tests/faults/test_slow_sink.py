@@ -11,11 +11,11 @@ Measured here (10,000 messages of 8 KB, ``max_pending=500``, sink stalled 2 s):
 
 * durable consumer (ack policy "all", ``max_ack_pending`` = 1,000): the process grew
   ~15 MB and the server kept ~8,950 messages pending: bounded and visible;
-* ordered push consumer (the JetStreamSource default): the source's own buffer stopped
-  at ~500, but the server pushed the whole stream into nats-py's subscription queue
-  (server pending 0, process +96 MB). Flow control does not hold it back soon enough,
-  so memory is bounded only by nats-py's per-subscription limits. That case is an
-  expected failure below until ``sources/nats.py`` bounds it (see docs/recovery.md).
+* ordered push consumer (the JetStreamSource default): nats-py's own ordered consumer
+  answered flow control before the worker had drained anything, so the server pushed
+  the whole stream into its subscription queue (server pending 0, process +96 MB).
+  ``sources/nats.py`` now answers flow control only once the worker drained what came
+  before it: the process grew ~0 MB and the server kept ~9,740 messages pending.
 """
 
 from __future__ import annotations
@@ -98,14 +98,7 @@ def _rss_mb() -> int:
     "durable",
     [
         "slow",
-        pytest.param(
-            None,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="ordered push consumer: the server pushes the whole backlog into "
-                "nats-py's subscription queue; sources/nats.py must bound it (docs/recovery.md)",
-            ),
-        ),
+        None,
     ],
     ids=["durable", "ordered"],
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -127,12 +128,41 @@ def _resumes(log: Path) -> list[int | None]:
     return [None if s == "None" else int(s) for s in found]
 
 
-def _kill_and_resume(runner: Runner, progress: Callable[[], int], targets: list[int]) -> list[int]:
-    """Start, kill -9 once progress passes each target, then run to completion."""
+def _committed_epoch(rec_dir: Path | None) -> int:
+    """The highest epoch every partition of the recovery store has committed (0 if none).
+
+    Read straight from Bytewax's SQLite files, so a kill can be timed to land after a
+    snapshot this run made, whatever the flow's speed relative to its epoch interval.
+    """
+    if rec_dir is None or not rec_dir.is_dir():
+        return 0
+    best = 0
+    for part in sorted(rec_dir.glob("part-*.sqlite3")):
+        with sqlite3.connect(f"file:{part}?mode=ro", uri=True) as db:
+            row = db.execute("SELECT MAX(commit_epoch) FROM commits").fetchone()
+        best = max(best, row[0] or 0)
+    return best
+
+
+def _kill_and_resume(
+    runner: Runner,
+    progress: Callable[[], int],
+    targets: list[int],
+    rec_dir: Path | None = None,
+) -> list[int]:
+    """Start, kill -9 once progress passes each target, then run to completion.
+
+    With ``rec_dir``, each kill also waits until the run has committed a snapshot of its
+    own, so every restart has something to resume from: a fast flow can otherwise reach
+    its target inside one epoch and make the test prove nothing about resuming.
+    """
     at_kill: list[int] = []
     for target in targets:
+        before = _committed_epoch(rec_dir)
         runner.start()
         _wait_until(lambda t=target: progress() >= t, runner, f"progress {target}")  # type: ignore[misc]
+        if rec_dir is not None:
+            _wait_until(lambda b=before: _committed_epoch(rec_dir) > b, runner, "a snapshot")  # type: ignore[misc]
         runner.kill9()
         at_kill.append(progress())
     runner.start()
@@ -170,7 +200,9 @@ def test_normalize_killed_at_random_points_publishes_exactly_the_uninterrupted_o
         tmp_path / "normalize.log",
     )  # fmt: skip
     try:
-        at_kill = _kill_and_resume(runner, lambda: stream_count(url, "MD"), targets)
+        at_kill = _kill_and_resume(
+            runner, lambda: stream_count(url, "MD"), targets, rec_dir=tmp_path / "rec"
+        )
     finally:
         runner.stop()
 

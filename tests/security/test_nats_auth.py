@@ -79,8 +79,9 @@ def auth_server(nats_server_factory: Factory, passwords: dict[str, str]) -> Loca
 REFUSAL_BUDGET_S = 3.0
 
 #: ``natsloop.connect`` passes max_reconnect_attempts=-1 (reconnect forever), and nats-py
-#: applies that to the *first* connect too: a refused login or a bad certificate is retried
-#: for ever instead of failing. Marked until natsloop.connect fails fast on those errors.
+#: applies that to the *first* connect too; connect stops that loop on authorization and
+#: TLS errors, which these tests pin.
+
 
 def _refused(env: dict[str, str]) -> str:
     """Connect and expect a ConnectionError within the budget; return its message."""

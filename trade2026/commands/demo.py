@@ -230,7 +230,7 @@ def _quality_report(
     assert isinstance(acct, Accounting) and isinstance(result, ScenarioResult)
     store = Path(state_dir()) / "quality"
     decode = msgspec.json.Decoder(Tick).decode
-    batches = {
+    batches: dict[str, list[object]] = {
         "ticks": [decode(b) for b in ticks],
         "fills": list(result.fills),
         "positions": list(result.positions),

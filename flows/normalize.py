@@ -198,7 +198,11 @@ def build_flow(
     ticks_tap: Callable[[], QualityTap] | None = None
     if q is not None and q.enabled("ticks"):
         quality_layer = q
-        ticks_rules = msgspec.structs.replace(q.config.rules, check_order=False)
+        # The decoder already rejects every non-finite or non-positive level price and negative
+        # size (operators/normalize.py _levels): re-checking each level costs ~1 us a message.
+        ticks_rules = msgspec.structs.replace(
+            q.config.rules, check_order=False, check_book_levels=False
+        )
 
         def ticks_tap() -> QualityTap:
             return quality_layer.tap("ticks", rules=ticks_rules)

@@ -80,7 +80,8 @@ def gated(
 
     def run(batch: list[X]) -> list[Y]:
         ok, letters = tap.split(batch)
-        out = list(fn(ok))
+        result = fn(ok)
+        out = result if type(result) is list else list(result)  # no copy of fn's own list
         if letters:
             out.extend(dead(d) for d in letters)
         return out

@@ -738,15 +738,18 @@ class BatchValidator:
             started = self._timer()
             self._validate(validator, rows, len(batch))
             elapsed = self._timer() - started
-            self._seconds += elapsed
-            budget.charge(elapsed)
             if rows:
                 per_row = max(elapsed / len(rows), 1e-9)
             if self._after_batch is not None:
+                # The hook (an accounting snapshot: two Delta appends) runs on this thread
+                # too, so it is paid from the same budget; not from the per-row estimate.
                 try:
                     self._after_batch()
                 except Exception:
                     log.exception("quality %s: after-batch hook failed", cfg.stage)
+                elapsed = self._timer() - started
+            self._seconds += elapsed
+            budget.charge(elapsed)
 
     def _validate(self, validator: Any, batch: list[Any], batch_rows: int) -> None:
         cfg = self.config

@@ -23,6 +23,7 @@ import msgspec
 
 from schemas.canonical import (
     BookDelta,
+    BookLevel,
     Fill,
     Order,
     OrderEvent,
@@ -79,6 +80,11 @@ class RulesConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: sequencer already owns ordering: normalize passes a late tick on as real data and
     #: reports it on ``md.gaps.*``, so its ticks tap must not dead-letter it as well.
     check_order: bool = True
+    #: Check every price level of a book delta (positive finite price, non-negative
+    #: finite size). Off where the producer already refused any bad level, as normalize's
+    #: ``TickDecoder`` does: a depth update carries ~30 levels, and re-checking their
+    #: Decimals costs more than the rest of the ticks rule (docs/quality.md, Measurements).
+    check_book_levels: bool = True
 
 
 class Rule(Protocol):
@@ -123,8 +129,18 @@ def _bad_timestamps(ts_event: int, ts_recv: int, skew: int) -> str | None:
     return None
 
 
+_OPENERS = (b"{", b"[")
+_ZERO = Decimal(0)
+_INF = Decimal("Infinity")
+
+
 class _RawRule:
-    """Raw venue messages: size and the cheapest possible JSON sniff, seq order per subject."""
+    """Raw venue messages: size and the cheapest possible JSON sniff, seq order per subject.
+
+    ``check`` tries the one shape nearly every message has (starts with ``{`` or ``[``,
+    in size, stamped) in a few C-level operations; anything else takes the slow path,
+    which gives the exact reason. Both paths agree on every input.
+    """
 
     stage = "raw"
 
@@ -134,38 +150,97 @@ class _RawRule:
 
     def check(self, record: Message) -> str | None:
         data = record.data
+        if data[:1] in _OPENERS and len(data) <= self._max and record.ts_recv > 0:
+            if record.seq is None:
+                return None
+            return self._seq(record)
+        return self._slow(record)
+
+    def _seq(self, record: Message) -> str | None:
+        seq = record.seq
+        if seq is not None:
+            last = self._last_seq.get(record.subject)
+            if last is not None and seq <= last:
+                return Reason.OUT_OF_ORDER
+            self._last_seq[record.subject] = seq
+        return None
+
+    def _slow(self, record: Message) -> str | None:
+        data = record.data
         if not data or not data.strip():
             return Reason.EMPTY_PAYLOAD
         if len(data) > self._max:
             return Reason.OVERSIZED
-        if data.lstrip()[:1] not in (b"{", b"["):
+        if data.lstrip()[:1] not in _OPENERS:
             return Reason.INVALID_JSON
         if record.ts_recv <= 0:
             return Reason.INVALID_TIMESTAMP
-        if record.seq is not None:
-            last = self._last_seq.get(record.subject)
-            if last is not None and record.seq <= last:
-                return Reason.OUT_OF_ORDER
-            self._last_seq[record.subject] = record.seq
-        return None
+        return self._seq(record)
 
 
 class _TickRule:
     """Trades, quotes and book deltas: known instrument, positive prices, non-crossed quotes,
-    update ids and trade ids that never go backwards per instrument."""
+    update ids and trade ids that never go backwards per instrument.
+
+    Why two paths: this runs on every tick, so ``check`` first tries the answer for a
+    good tick, inline, as one chained comparison per record type (a Decimal NaN raises on
+    ordering, which also means "not the fast path"); only a record that fails it goes
+    through the explicit checks (``_trade`` etc.), which name the reason. The fast paths
+    accept exactly what the explicit checks accept (``tests/operators/quality/
+    test_rules.py`` runs every reason with the fast path warmed up and not).
+    """
 
     stage = "ticks"
 
     def __init__(self, config: RulesConfig, instruments: Container[str]) -> None:
         self._known = instruments
+        self._ok_ids: set[str] = set()  # ids found known: a set lookup, not a method call
         self._skew = config.max_clock_skew_ns
         self._allow_locked = config.allow_locked_quotes
         self._order = config.check_order
+        self._levels = config.check_book_levels
         self._last_trade: dict[str, int] = {}
         self._last_quote: dict[str, int] = {}
         self._last_book: dict[str, int] = {}
 
     def check(self, record: Any) -> str | None:
+        cls = type(record)
+        try:
+            if cls is Quote:
+                if (
+                    record.instrument_id in self._ok_ids
+                    and _ZERO < record.bid_price < record.ask_price < _INF
+                    and _ZERO <= record.bid_size < _INF
+                    and _ZERO <= record.ask_size < _INF
+                    and record.ts_event > 0
+                    and record.ts_recv > 0
+                    and record.ts_event - record.ts_recv <= self._skew
+                    and record.update_id >= 0
+                ):
+                    return self._quote_order(record) if self._order else None
+            elif cls is TradeTick:
+                if (
+                    record.instrument_id in self._ok_ids
+                    and _ZERO < record.price < _INF
+                    and _ZERO < record.size < _INF
+                    and record.ts_event > 0
+                    and record.ts_recv > 0
+                    and record.ts_event - record.ts_recv <= self._skew
+                    and record.trade_id != ""
+                ):
+                    return self._trade_order(record) if self._order else None
+            elif (
+                cls is BookDelta
+                and record.instrument_id in self._ok_ids
+                and record.ts_event > 0
+                and record.ts_recv > 0
+                and record.ts_event - record.ts_recv <= self._skew
+                and 0 <= record.first_update_id <= record.last_update_id
+                and (not self._levels or (_levels_ok(record.bids) and _levels_ok(record.asks)))
+            ):
+                return self._book_order(record) if self._order else None
+        except ArithmeticError:  # NaN: decimal refuses to order it; the slow path names it
+            pass
         if isinstance(record, Quote):
             return self._quote(record)
         if isinstance(record, TradeTick):
@@ -174,8 +249,17 @@ class _TickRule:
             return self._book(record)
         return Reason.SCHEMA_MISMATCH
 
+    def _known_id(self, instrument_id: str) -> bool:
+        if instrument_id in self._ok_ids:
+            return True
+        if instrument_id in self._known:
+            self._ok_ids.add(instrument_id)
+            return True
+        return False
+
+    # -- trades ---------------------------------------------------------------------------
     def _trade(self, t: TradeTick) -> str | None:
-        if t.instrument_id not in self._known:
+        if not self._known_id(t.instrument_id):
             return Reason.UNKNOWN_INSTRUMENT
         bad = (
             _bad_positive(t.price, Reason.INVALID_PRICE)
@@ -186,8 +270,11 @@ class _TickRule:
             return bad
         if not t.trade_id:
             return Reason.MISSING_ID
+        return self._trade_order(t) if self._order else None
+
+    def _trade_order(self, t: TradeTick) -> str | None:
         # venues with numeric ids issue them in increasing order
-        if self._order and t.trade_id.isdigit():
+        if t.trade_id.isdigit():
             tid = int(t.trade_id)
             last = self._last_trade.get(t.instrument_id)
             if last is not None and tid <= last:
@@ -195,8 +282,9 @@ class _TickRule:
             self._last_trade[t.instrument_id] = tid
         return None
 
+    # -- quotes ---------------------------------------------------------------------------
     def _quote(self, q: Quote) -> str | None:
-        if q.instrument_id not in self._known:
+        if not self._known_id(q.instrument_id):
             return Reason.UNKNOWN_INSTRUMENT
         bad = (
             _bad_positive(q.bid_price, Reason.INVALID_PRICE)
@@ -213,33 +301,52 @@ class _TickRule:
             return Reason.LOCKED_QUOTE
         if q.update_id < 0:
             return Reason.INVALID_SEQUENCE
-        if self._order and q.update_id:  # 0: the venue sends none
+        return self._quote_order(q) if self._order else None
+
+    def _quote_order(self, q: Quote) -> str | None:
+        if q.update_id:  # 0: the venue sends none
             last = self._last_quote.get(q.instrument_id)
             if last is not None and q.update_id < last:
                 return Reason.OUT_OF_ORDER
             self._last_quote[q.instrument_id] = q.update_id
         return None
 
+    # -- book deltas ----------------------------------------------------------------------
     def _book(self, d: BookDelta) -> str | None:
-        if d.instrument_id not in self._known:
+        if not self._known_id(d.instrument_id):
             return Reason.UNKNOWN_INSTRUMENT
         bad = _bad_timestamps(d.ts_event, d.ts_recv, self._skew)
         if bad:
             return bad
         if d.first_update_id < 0 or d.last_update_id < d.first_update_id:
             return Reason.INVALID_SEQUENCE
-        for side in (d.bids, d.asks):
-            for level in side:
-                bad = _bad_positive(level.price, Reason.INVALID_PRICE) or _bad_non_negative(
-                    level.size, Reason.INVALID_QUANTITY
-                )
-                if bad:
-                    return bad
+        if self._levels:
+            for side in (d.bids, d.asks):
+                for level in side:
+                    bad = _bad_positive(level.price, Reason.INVALID_PRICE) or _bad_non_negative(
+                        level.size, Reason.INVALID_QUANTITY
+                    )
+                    if bad:
+                        return bad
+        return self._book_order(d) if self._order else None
+
+    def _book_order(self, d: BookDelta) -> str | None:
         last = self._last_book.get(d.instrument_id)
-        if self._order and not d.is_snapshot and last is not None and d.first_update_id <= last:
+        if not d.is_snapshot and last is not None and d.first_update_id <= last:
             return Reason.OUT_OF_ORDER
         self._last_book[d.instrument_id] = d.last_update_id
         return None
+
+
+def _levels_ok(levels: list[BookLevel]) -> bool:
+    """Every level has a positive finite price and a non-negative finite size."""
+    try:
+        for level in levels:
+            if not (_ZERO < level.price < _INF and _ZERO <= level.size < _INF):
+                return False
+    except ArithmeticError:
+        return False
+    return True
 
 
 class _OrderRule:

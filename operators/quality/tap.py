@@ -110,9 +110,13 @@ class QualityTap:
         self._view = view
         self._host = host_stage
         self.lock = threading.Lock()
-        self._seen = 0
+        # Every record checked since the last commit is either in ``_good`` or has its
+        # reason in ``_reasons``: the count in is their sum, with no counter per record.
         self._reasons: list[str] = []
         self._good: list[Any] = []
+        self._rule_check = rule.check
+        if view is None:  # the common case: skip the view indirection per record
+            self.check = self._check_plain  # type: ignore[method-assign]
         #: Totals since start (also in the Accounting under ``quality.<stage>``).
         self.records_in = 0
         self.dead_lettered = 0
@@ -124,20 +128,24 @@ class QualityTap:
             try:
                 judged = self._view(record)
             except Exception as exc:  # undecodable output: a reason code, never a crash
-                self._seen += 1
                 return self._dead(record, "SCHEMA_MISMATCH", f"{type(exc).__name__}: {exc}")
         return self.judge(record, judged)
 
+    def _check_plain(self, record: Any) -> DeadLetter | None:
+        reason = self._rule_check(record)
+        if reason is None:
+            self._good.append(record)
+            return None
+        return self._dead(record, reason, f"quality rule {self.stage}: {reason}", record)
+
     def judge(self, record: Any, judged: Any) -> DeadLetter | None:
         """:meth:`check` with the view already taken (``judged`` None: it did not decode)."""
-        self._seen += 1
         if judged is None:
             return self._dead(record, "SCHEMA_MISMATCH", f"not a record of stage {self.stage}")
-        reason = self.rule.check(judged)
+        reason = self._rule_check(judged)
         if reason is not None:
             return self._dead(record, reason, f"quality rule {self.stage}: {reason}", judged)
-        if self._validator is not None:
-            self._good.append(judged)
+        self._good.append(judged)
         return None
 
     def _dead(self, record: Any, reason: str, detail: str, judged: Any = None) -> DeadLetter:
@@ -158,11 +166,12 @@ class QualityTap:
 
     def commit(self) -> None:
         """Count the records checked since the last commit; hand the good ones over."""
-        seen, reasons = self._seen, self._reasons
-        if not seen:
+        good, reasons = self._good, self._reasons
+        if not good and not reasons:
             return
-        self._seen, self._reasons = 0, []
+        self._good, self._reasons = [], []
         dead = len(reasons)
+        seen = len(good) + dead
         self.records_in += seen
         self.dead_lettered += dead
         if self._accounting is not None:
@@ -179,9 +188,7 @@ class QualityTap:
                 if self._host is not None:
                     self._accounting.add(self._host, {(UNKNOWN_INSTRUMENT, DEAD_LETTERED): dead})
                     self._accounting.add_reasons(self._host, reasons)
-        if self._good:
-            good, self._good = self._good, []
-            assert self._validator is not None
+        if good and self._validator is not None:
             self._validator.offer_many(good)
 
     def split(self, records: Sequence[Any]) -> tuple[list[Any], list[DeadLetter]]:
@@ -189,13 +196,24 @@ class QualityTap:
         ok: list[Any] = []
         dead: list[DeadLetter] = []
         with self.lock:
-            check = self.check
-            for r in records:
-                d = check(r)
-                if d is None:
-                    ok.append(r)
-                else:
-                    dead.append(d)
+            if self._view is None:
+                # One loop over the rule itself: no per-record call into check().
+                rule_check, keep, stage = self._rule_check, ok.append, self.stage
+                for r in records:
+                    reason = rule_check(r)
+                    if reason is None:
+                        keep(r)
+                    else:
+                        dead.append(self._dead(r, reason, f"quality rule {stage}: {reason}", r))
+                self._good.extend(ok)
+            else:
+                check = self.check
+                for r in records:
+                    d = check(r)
+                    if d is None:
+                        ok.append(r)
+                    else:
+                        dead.append(d)
             self.commit()
         return ok, dead
 
@@ -306,7 +324,15 @@ class Quality:
         return stats
 
     def close_at_exit(self) -> Quality:
-        """For long-running flows: validate the tail and store the accounting at exit."""
+        """For long-running flows: validate the tail and store the accounting at exit.
+
+        pyarrow imports ``concurrent.futures.thread`` lazily, and that import registers
+        its own exit hook, which fails once the interpreter is shutting down: the tail
+        batch's result would then be lost. Importing it now makes the exit-time import a
+        no-op.
+        """
+        import concurrent.futures.thread  # noqa: F401
+
         atexit.register(self.close, 30.0)
         return self
 

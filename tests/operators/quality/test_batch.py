@@ -14,6 +14,7 @@ import pytest
 from operators.quality.batch import (
     BatchValidator,
     BatchValidatorConfig,
+    DutyBudget,
     QualityStore,
     SuiteValidator,
     expectation_rows,
@@ -220,6 +221,29 @@ def test_worker_rests_per_duty_cycle(tmp_path, btc_ticks):
     time.sleep(0.5)
     assert v.stats().validated_batches == 1  # resting, not validating the second batch
     assert v.close(timeout=60).validated_batches == 2  # close drains regardless
+
+
+def test_after_batch_hook_is_paid_from_the_duty_budget(tmp_path, btc_ticks):
+    """The hook (an accounting snapshot, Delta writes) runs on the worker thread: its time
+    counts as the validator's, so the duty budget bounds it too."""
+    now = [0.0]
+
+    def timer() -> float:
+        return now[0]
+
+    def slow_hook() -> None:
+        now[0] += 40.0  # the hook "takes" 40 s of timer time
+
+    budget = DutyBudget(0.05, timer)
+    cfg = BatchValidatorConfig(stage="ticks", store=str(tmp_path), batch_rows=500)
+    v = BatchValidator(cfg, clock=Clock(), timer=timer, after_batch=slow_hook, budget=budget)
+    v.start()
+    assert v.wait_ready(60)
+    v.offer_many(btc_ticks[:500])
+    stats = v.close(timeout=60)
+    assert stats.validated_batches == 1
+    assert stats.validation_seconds == pytest.approx(40.0)
+    assert budget.spent == pytest.approx(40.0)
 
 
 def test_broken_suite_counts_every_batch_as_errored_and_alerts(tmp_path, btc_ticks):

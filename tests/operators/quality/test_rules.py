@@ -83,10 +83,69 @@ def test_real_recorded_ticks_all_pass(btc_ticks, eth_ticks):
         ),
         (BookDelta(BTC, [BookLevel(D("-1"), D("1"))], [], 1, 5, False, T, T), Reason.INVALID_PRICE),
         ("not a tick", Reason.SCHEMA_MISMATCH),
+        # the edges of the fast path: NaNs refuse ordering, infinities are not finite
+        (trade(price=D("sNaN")), Reason.NON_FINITE),
+        (trade(price=D("-Infinity")), Reason.NON_FINITE),
+        (trade(size=D("Infinity")), Reason.NON_FINITE),
+        (trade(size=D("-0.1")), Reason.INVALID_QUANTITY),
+        (trade(ts_recv=0), Reason.INVALID_TIMESTAMP),
+        (quote(ask_price=D("Infinity")), Reason.NON_FINITE),
+        (quote(ask_price=D("NaN")), Reason.NON_FINITE),
+        (quote(bid_price=D("0")), Reason.INVALID_PRICE),
+        (quote(bid_size=D("NaN")), Reason.NON_FINITE),
+        (quote(ask_size=D("Infinity")), Reason.NON_FINITE),
+        (quote(bid_size=D("-0.5")), Reason.INVALID_QUANTITY),
+        (quote(update_id=-1), Reason.INVALID_SEQUENCE),
+        (quote(ts_event=T + 3 * S), Reason.TIMESTAMP_IN_FUTURE),
+        (
+            BookDelta(
+                BTC, [], [BookLevel(D("2"), D("1")), BookLevel(D("NaN"), D("1"))], 1, 5, False, T, T
+            ),
+            Reason.NON_FINITE,
+        ),
+        (BookDelta(BTC, [BookLevel(D("0"), D("1"))], [], 1, 5, False, T, T), Reason.INVALID_PRICE),
+        (
+            BookDelta(BTC, [], [BookLevel(D("1"), D("-0.01"))], 1, 5, False, T, T),
+            Reason.INVALID_QUANTITY,
+        ),
+        (
+            BookDelta(BTC, [BookLevel(D("1"), D("Infinity"))], [], 1, 5, False, T, T),
+            Reason.NON_FINITE,
+        ),
+        (BookDelta(BTC, [], [], -1, 5, False, T, T), Reason.INVALID_SEQUENCE),
+        (BookDelta(BTC, [], [], 1, 5, False, 0, T), Reason.INVALID_TIMESTAMP),
+        (BookDelta("NOPE.BINANCE", [], [], 1, 5, False, T, T), Reason.UNKNOWN_INSTRUMENT),
     ],
 )
-def test_bad_ticks_are_refused(record, reason):
-    assert build_rule("ticks", KNOWN).check(record) == reason
+@pytest.mark.parametrize("warm", [False, True], ids=["first", "after-good-ticks"])
+def test_bad_ticks_are_refused(record, reason, warm):
+    rule = build_rule("ticks", KNOWN)
+    if warm:  # the rule has seen the instrument: the fast path is tried first
+        good = [quote(update_id=1), trade(trade_id="1"), BookDelta(BTC, [], [], 0, 0, False, T, T)]
+        assert [rule.check(r) for r in good] == [None, None, None]
+    assert rule.check(record) == reason
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["first", "after-good-ticks"])
+def test_edge_values_that_pass(warm):
+    rule = build_rule("ticks", KNOWN, RulesConfig(check_order=False))
+    if warm:
+        assert rule.check(quote()) is None
+    assert rule.check(quote(bid_size=D("0"), ask_size=D("-0"))) is None  # -0 == 0
+    assert rule.check(quote(ts_event=T + 2 * S)) is None  # exactly the allowed skew
+    assert rule.check(trade(price=D("1E-8"), size=D("1E+3"))) is None
+    delta = BookDelta(BTC, [BookLevel(D("1E-8"), D("0"))], [BookLevel(D("2"), D("0E-8"))], 3, 3,
+                      False, T, T)  # fmt: skip
+    assert rule.check(delta) is None
+
+
+def test_book_levels_unchecked_where_the_producer_checked_them():
+    """Normalize's decoder refuses bad levels itself; its tap may skip re-checking them."""
+    bad_level = BookDelta(BTC, [BookLevel(D("-1"), D("NaN"))], [], 1, 5, False, T, T)
+    assert build_rule("ticks", KNOWN).check(bad_level) == Reason.INVALID_PRICE
+    unchecked = build_rule("ticks", KNOWN, RulesConfig(check_book_levels=False))
+    assert unchecked.check(bad_level) is None
+    assert unchecked.check(BookDelta(BTC, [], [], 9, 5, False, T, T)) == Reason.INVALID_SEQUENCE
 
 
 def test_sequences_never_go_backwards_and_bad_records_do_not_advance_state():
@@ -123,6 +182,10 @@ def test_raw_messages():
     assert rule.check(Message("md.binance", b"{}", 0, seq=5)) == Reason.INVALID_TIMESTAMP
     assert rule.check(Message("md.binance", b"{}", T, seq=1)) == Reason.OUT_OF_ORDER
     assert rule.check(Message("md.other", b"{}", T, seq=1)) is None
+    assert rule.check(Message("md.other", b" \n[1]", T, seq=2)) is None  # leading whitespace
+    assert rule.check(Message("md.other", b"", T, seq=3)) == Reason.EMPTY_PAYLOAD
+    assert rule.check(Message("md.other", b"{}", T)) is None  # no seq: no order to check
+    assert rule.check(Message("md.other", b"{}", T, seq=3)) is None  # the refused 3 did not count
 
 
 def order(**kw):

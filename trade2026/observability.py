@@ -20,6 +20,18 @@ Metrics
     Lag and backlog are read from the connectors' own stats at scrape time, so the hot
     path pays nothing for them. :class:`MetricsServer` serves a registry over HTTP and can
     bind port 0, so tests and several flows on one host never fight over a port.
+
+Histograms in every flow
+    ``trade2026 run`` calls :meth:`FlowMetrics.meter_dataflow` on the flow it built, which
+    wraps every ``op.input`` source and ``op.output`` sink of the graph (whatever their
+    type: NATS, JetStream, Delta, QuestDB, ...). No flow and no connector has to know:
+    a flow added to the registry gets the histograms for free, without a global. The
+    cost is per batch, never per record: a source observes the size of each batch it
+    hands Bytewax; a sink observes the size of each batch it wrote and, once the write
+    returned, the latency of the batch's first record that carries a receive time (the
+    oldest in arrival order, so the sample leans to the slow side). Per-record
+    observation was not taken: a prometheus ``observe`` measured ~6 us here, more than a
+    core NATS publish; per batch of 1,000 the whole meter costs 6-11 us.
 """
 
 from __future__ import annotations
@@ -30,14 +42,22 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from functools import cache
 from types import TracebackType
-from typing import IO, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
+import msgspec
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from schemas.transport import RECV_NS_HEADER
+
+if TYPE_CHECKING:
+    from bytewax.dataflow import Dataflow
 
 __all__ = [
     "BATCH_SIZE_BUCKETS",
@@ -48,6 +68,7 @@ __all__ = [
     "RedactingFilter",
     "Redactor",
     "configure_logging",
+    "receive_ns",
     "secrets_from_env",
 ]
 
@@ -406,11 +427,231 @@ class _ConnectorCollector(Collector):
         yield from (lag, received, disconnects, drops, published, retried, backlog)
 
 
+# -- metering sources and sinks -----------------------------------------------------------
+class _RecvOnly(msgspec.Struct):
+    ts_recv: int | None = None
+
+
+_decode_recv = msgspec.json.Decoder(_RecvOnly).decode
+#: Wrappers whose record carries the receive time one level down (the Delta sink's Stamped).
+_NESTED = ("tick", "record", "value")
+
+
+def receive_ns(item: Any) -> int | None:
+    """When the bytes behind ``item`` were first received (int ns UTC), if it says.
+
+    In order: a ``ts_recv`` attribute (Message, ticks, dead letters), the ``T26-Recv-Ns``
+    header (Outgoing, Message), a wrapped record's ``ts_recv`` (``Stamped.tick``), the
+    ``ts_recv`` field of a JSON payload (an encoded tick or dead letter). A keyed
+    ``(key, value)`` pair is judged by its value. None when nothing says.
+    """
+    if type(item) is tuple and len(item) == 2:
+        item = item[1]
+    ts = getattr(item, "ts_recv", None)
+    if type(ts) is int and ts > 0:
+        return ts
+    headers = getattr(item, "headers", None)
+    if headers:
+        raw = headers.get(RECV_NS_HEADER)
+        if raw is not None:
+            try:
+                return int(raw)
+            except ValueError:
+                pass
+    for name in _NESTED:
+        inner = getattr(item, name, None)
+        if inner is not None:
+            ts = getattr(inner, "ts_recv", None)
+            if type(ts) is int and ts > 0:
+                return ts
+    data = getattr(item, "data", None)
+    if isinstance(data, bytes) and data[:1] == b"{":
+        try:
+            ts = _decode_recv(data).ts_recv
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return ts if ts is not None and ts > 0 else None
+    return None
+
+
+#: Records of a batch looked at for a receive time before the batch goes unsampled.
+_SAMPLE_SCAN = 8
+
+
+class _SinkMeter:
+    """One sink step's histogram children and clock, shared by its partitions."""
+
+    __slots__ = ("_batch", "_clock", "_latency")
+
+    def __init__(self, batch: Any, latency: Any, clock: Callable[[], int]) -> None:
+        self._batch = batch
+        self._latency = latency
+        self._clock = clock
+
+    def written(self, items: list[Any]) -> None:
+        self._batch.observe(len(items))
+        for item in items[:_SAMPLE_SCAN]:
+            recv = receive_ns(item)
+            if recv is not None:
+                self._latency.observe(max(0, self._clock() - recv) / 1e9)
+                return
+
+
+@cache
+def _wrappers() -> dict[str, type]:
+    """The wrapper classes, built on first use so importing this module skips bytewax."""
+    from bytewax.inputs import (
+        DynamicSource,
+        FixedPartitionedSource,
+        StatefulSourcePartition,
+        StatelessSourcePartition,
+    )
+    from bytewax.outputs import (
+        DynamicSink,
+        FixedPartitionedSink,
+        StatefulSinkPartition,
+        StatelessSinkPartition,
+    )
+
+    def _sized(batch: Any) -> list[Any]:
+        return batch if isinstance(batch, list) else list(batch)
+
+    class StatefulPart(StatefulSourcePartition[Any, Any]):
+        def __init__(self, inner: Any, observe: Callable[[int], None]) -> None:
+            self.inner, self.observe = inner, observe
+
+        def next_batch(self) -> list[Any]:
+            batch = _sized(self.inner.next_batch())
+            if batch:
+                self.observe(len(batch))
+            return batch
+
+        def next_awake(self) -> datetime | None:
+            awake: datetime | None = self.inner.next_awake()
+            return awake
+
+        def snapshot(self) -> Any:
+            return self.inner.snapshot()
+
+        def close(self) -> None:
+            self.inner.close()
+
+    class StatelessPart(StatelessSourcePartition[Any]):
+        def __init__(self, inner: Any, observe: Callable[[int], None]) -> None:
+            self.inner, self.observe = inner, observe
+
+        def next_batch(self) -> list[Any]:
+            batch = _sized(self.inner.next_batch())
+            if batch:
+                self.observe(len(batch))
+            return batch
+
+        def next_awake(self) -> datetime | None:
+            awake: datetime | None = self.inner.next_awake()
+            return awake
+
+        def close(self) -> None:
+            self.inner.close()
+
+    class MeteredFixedSource(FixedPartitionedSource[Any, Any]):
+        def __init__(self, inner: Any, observe: Callable[[int], None]) -> None:
+            self.inner, self.observe = inner, observe
+
+        def list_parts(self) -> list[str]:
+            parts: list[str] = self.inner.list_parts()
+            return parts
+
+        def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
+            return StatefulPart(
+                self.inner.build_part(step_id, for_part, resume_state), self.observe
+            )
+
+    class MeteredDynamicSource(DynamicSource[Any]):
+        def __init__(self, inner: Any, observe: Callable[[int], None]) -> None:
+            self.inner, self.observe = inner, observe
+
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> Any:
+            return StatelessPart(
+                self.inner.build(step_id, worker_index, worker_count), self.observe
+            )
+
+    class StatefulSinkPart(StatefulSinkPartition[Any, Any]):
+        def __init__(self, inner: Any, meter: _SinkMeter) -> None:
+            self.inner, self.meter = inner, meter
+
+        def write_batch(self, values: list[Any]) -> None:
+            self.inner.write_batch(values)
+            if values:
+                self.meter.written(values)
+
+        def snapshot(self) -> Any:
+            return self.inner.snapshot()
+
+        def close(self) -> None:
+            self.inner.close()
+
+    class StatelessSinkPart(StatelessSinkPartition[Any]):
+        def __init__(self, inner: Any, meter: _SinkMeter) -> None:
+            self.inner, self.meter = inner, meter
+
+        def write_batch(self, items: list[Any]) -> None:
+            self.inner.write_batch(items)
+            if items:
+                self.meter.written(items)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    class MeteredFixedSink(FixedPartitionedSink[Any, Any]):
+        def __init__(self, inner: Any, meter: _SinkMeter) -> None:
+            self.inner, self.meter = inner, meter
+
+        def list_parts(self) -> list[str]:
+            parts: list[str] = self.inner.list_parts()
+            return parts
+
+        def part_fn(self, item_key: str) -> int:
+            index: int = self.inner.part_fn(item_key)
+            return index
+
+        def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
+            return StatefulSinkPart(
+                self.inner.build_part(step_id, for_part, resume_state), self.meter
+            )
+
+    class MeteredDynamicSink(DynamicSink[Any]):
+        def __init__(self, inner: Any, meter: _SinkMeter) -> None:
+            self.inner, self.meter = inner, meter
+
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> Any:
+            return StatelessSinkPart(
+                self.inner.build(step_id, worker_index, worker_count), self.meter
+            )
+
+    return {
+        "fixed_source": MeteredFixedSource,
+        "dynamic_source": MeteredDynamicSource,
+        "fixed_sink": MeteredFixedSink,
+        "dynamic_sink": MeteredDynamicSink,
+        "FixedPartitionedSource": FixedPartitionedSource,
+        "DynamicSource": DynamicSource,
+        "FixedPartitionedSink": FixedPartitionedSink,
+        "DynamicSink": DynamicSink,
+    }
+
+
+def _steps(steps: Iterable[Any]) -> Iterator[Any]:
+    for step in steps:
+        yield step
+        yield from _steps(getattr(step, "substeps", ()))
+
+
 class FlowMetrics:
     """The flow-level metrics beyond :class:`~trade2026.accounting.Accounting`.
 
     ``flow`` and ``process_id`` go into ``trade2026_flow_info`` so ``trade2026 status``
-    and Grafana can name the process behind an endpoint.
+    and Grafana can name the process behind an endpoint. ``clock`` (int ns UTC) is what
+    sink latency is measured against; tests inject their own.
     """
 
     def __init__(
@@ -419,12 +660,16 @@ class FlowMetrics:
         *,
         flow: str = "",
         process_id: int | None = None,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.registry = registry
         self.flow = flow
+        self.clock = clock
+        self._watched: set[int] = set()
         self.latency = Histogram(
             "trade2026_stage_latency_seconds",
-            "Seconds from a record's receive time to the stage emitting it.",
+            "Seconds from a record's receive time to the stage emitting it "
+            "(sinks: once the write returned; one sample per batch).",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -471,6 +716,7 @@ class FlowMetrics:
         ``source`` is anything with a ``stats`` mapping of partition to stats (the NATS
         and JetStream sources) or a stats object itself.
         """
+        self._watched.add(id(source))
         self._connectors.add_source(name, source)
 
     def watch_sink(self, name: str, sink: Any, *, backlog: Callable[[], int] | None = None) -> None:
@@ -479,7 +725,57 @@ class FlowMetrics:
         ``backlog`` is a callable for sinks that buffer (QuestDB); stats objects with an
         integer ``backlog`` attribute are exported per partition without one.
         """
+        self._watched.add(id(sink))
         self._connectors.add_sink(name, sink, backlog)
+
+    def meter_dataflow(self, flow: Dataflow) -> list[str]:
+        """Wrap every source and sink of ``flow`` so they feed the histograms; call it
+        once, after the flow is built and before it runs. Returns the metered step ids.
+
+        The histogram label ``stage`` is the step id (``normalize.raw`` for the input,
+        ``normalize.publish`` for the output). A source's batch sizes sum to the records
+        it handed Bytewax; a sink's batch sizes sum to the records it wrote, and it has
+        one latency sample per batch whose first records carry a receive time (see
+        :func:`receive_ns`). Connectors with ``stats`` not yet watched are watched
+        under their step id, so every flow also exports their lag and counts.
+        """
+        w = _wrappers()
+        metered: list[str] = []
+        for step in _steps(flow.substeps):
+            step_id = str(getattr(step, "step_id", ""))
+            source = getattr(step, "source", None)
+            sink = getattr(step, "sink", None)
+            if isinstance(source, w["FixedPartitionedSource"] | w["DynamicSource"]):
+                if isinstance(source, w["fixed_source"] | w["dynamic_source"]):
+                    continue  # metered already
+                if getattr(source, "stats", None) is not None and id(source) not in self._watched:
+                    self.watch_source(step_id, source)
+                observe = self.batch_size.labels(step_id).observe
+                kind = (
+                    "fixed_source"
+                    if isinstance(source, w["FixedPartitionedSource"])
+                    else ("dynamic_source")
+                )
+                # Bytewax operators are frozen dataclasses; the runtime reads ``source``
+                # when it builds the worker, after this.
+                object.__setattr__(step, "source", w[kind](source, observe))
+                metered.append(step_id)
+            elif isinstance(sink, w["FixedPartitionedSink"] | w["DynamicSink"]):
+                if isinstance(sink, w["fixed_sink"] | w["dynamic_sink"]):
+                    continue
+                if getattr(sink, "stats", None) is not None and id(sink) not in self._watched:
+                    self.watch_sink(step_id, sink)
+                meter = _SinkMeter(
+                    self.batch_size.labels(step_id), self.latency.labels(step_id), self.clock
+                )
+                kind = (
+                    "fixed_sink"
+                    if isinstance(sink, w["FixedPartitionedSink"])
+                    else ("dynamic_sink")
+                )
+                object.__setattr__(step, "sink", w[kind](sink, meter))
+                metered.append(step_id)
+        return metered
 
 
 class MetricsServer:

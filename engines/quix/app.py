@@ -16,18 +16,29 @@ order on one partition and grouped windows need no repartition topic.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from schemas.common import NANOS_PER_MILLI
+from schemas.transport import RECV_NS_HEADER
 
 if TYPE_CHECKING:
     from quixstreams import Application
+    from quixstreams.dataframe import StreamingDataFrame
     from quixstreams.models import TopicConfig
 
-__all__ = ["KafkaConfig", "create_topics", "make_application", "ns_to_ms", "topic_config"]
+    from trade2026.observability import FlowMetrics
+
+__all__ = [
+    "KafkaConfig",
+    "attach_meter",
+    "create_topics",
+    "make_application",
+    "ns_to_ms",
+    "topic_config",
+]
 
 #: Seven days: long enough to rebuild a day's features or tables from the topic.
 DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
@@ -151,3 +162,62 @@ def ns_to_ms(ts_ns: int) -> int:
     allowed lateness are whole milliseconds: ``floor(t / w_ns) == floor(floor(t / 1e6) / w_ms)``.
     """
     return ts_ns // NANOS_PER_MILLI
+
+
+def attach_meter(
+    sdf: StreamingDataFrame,
+    metrics: FlowMetrics | None,
+    stage: str,
+    clock: Callable[[], int] | None = None,
+) -> None:
+    """Feed ``metrics``' batch-size and latency histograms from a Quix app (no-op on None).
+
+    Quix has no batches of its own: the unit is the checkpoint (every
+    ``commit_interval_s``), when sinks are flushed and offsets committed. A sink attached
+    last, so flushed after the app's writers, observes per checkpoint the records it saw
+    and the latency of the first of them: ``clock()`` minus its ``T26-Recv-Ns`` header,
+    else its Kafka timestamp. Per record it pays one counter increment. ``clock``
+    defaults to the metrics' own (``FlowMetrics(clock=...)``, default ``time.time_ns``).
+    """
+    if metrics is None:
+        return
+    from quixstreams.sinks import BaseSink
+
+    now: Callable[[], int] = clock or metrics.clock
+
+    batch = metrics.batch_size.labels(stage)
+    latency = metrics.latency.labels(stage)
+
+    class MeterSink(BaseSink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+            self.first_recv = 0
+
+        def add(
+            self,
+            value: Any,
+            key: Any,
+            timestamp: int,
+            headers: Any,
+            topic: str,
+            partition: int,
+            offset: int,
+        ) -> None:
+            if not self.n:
+                recv = timestamp * NANOS_PER_MILLI
+                for k, v in headers or ():
+                    if k == RECV_NS_HEADER:
+                        raw = v.decode() if isinstance(v, bytes) else str(v)
+                        recv = int(raw) if raw.isdigit() else recv
+                        break
+                self.first_recv = recv
+            self.n += 1
+
+        def flush(self) -> None:
+            if self.n:
+                batch.observe(self.n)
+                latency.observe(max(0, now() - self.first_recv) / 1e9)
+            self.n = 0
+
+    sdf.sink(MeterSink())

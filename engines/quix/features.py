@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from engines.quix.app import KafkaConfig, make_application, ns_to_ms, topic_config
+from engines.quix.app import KafkaConfig, attach_meter, make_application, ns_to_ms, topic_config
 from flows.features import STAGE, decode
 from operators.features import FeatureConfig, InstrumentBars, width_label
 from schemas.canonical import DeadLetter, Quote, TradeTick
@@ -44,6 +44,8 @@ from schemas.transport import Message
 
 if TYPE_CHECKING:
     from quixstreams import Application
+
+    from trade2026.observability import FlowMetrics
 
 __all__ = [
     "BARS_TOPIC",
@@ -130,6 +132,7 @@ def build_app(
     bars_topic: str = BARS_TOPIC,
     late_topic: str = LATE_TOPIC,
     dlq_topic: str = DLQ_TOPIC,
+    metrics: FlowMetrics | None = None,
 ) -> Application:
     """The feature application; ``app.run()`` runs it until interrupted.
 
@@ -195,4 +198,5 @@ def build_app(
         ).to_topic(out[bars_topic])
     # Defined after the windows, so it runs after them for every message (see module doc).
     ticks.apply(late.drain, expand=True).to_topic(out[late_topic])
+    attach_meter(sdf, metrics, f"{STAGE}.{topic}")  # per checkpoint: see attach_meter
     return app

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from engines.quix.app import KafkaConfig, make_application, topic_config
+from engines.quix.app import KafkaConfig, attach_meter, make_application, topic_config
 from flows.ticks_sink import check_message
 from schemas.canonical import DeadLetter
 from schemas.transport import RECV_NS_HEADER, Message
@@ -30,6 +30,8 @@ from trade2026.accounting import Accounting
 if TYPE_CHECKING:
     from quixstreams import Application
     from quixstreams.sinks import SinkBatch
+
+    from trade2026.observability import FlowMetrics
 
 __all__ = ["DLQ_TOPIC", "TICKS_TOPIC", "build_app", "kafka_origin", "to_message"]
 
@@ -92,8 +94,13 @@ def build_app(
     dlq_topic: str = DLQ_TOPIC,
     accounting: Accounting | None = None,
     storage_options: Mapping[str, str] | None = None,
+    metrics: FlowMetrics | None = None,
 ) -> Application:
-    """The ticks-sink application; ``app.run()`` runs it until interrupted."""
+    """The ticks-sink application; ``app.run()`` runs it until interrupted.
+
+    ``metrics``: batch-size and latency histograms per checkpoint, stage
+    ``ticks_sink.<topic>`` (:func:`~engines.quix.app.attach_meter`).
+    """
     from quixstreams import message_context
 
     app = make_application(kafka)
@@ -112,4 +119,5 @@ def build_app(
     dead.apply(msgspec.json.encode).to_topic(dlq)
     good = sdf.filter(lambda v: isinstance(v, Stamped))
     good.sink(_sink_class()(writer))
+    attach_meter(sdf, metrics, f"{STAGE}.{topic}")  # last: flushed after the Delta write
     return app

@@ -10,13 +10,17 @@ from typing import Any
 
 import click
 
+from engines.quix import QUIX_FLOWS
 from trade2026 import exitcodes
 from trade2026.flowregistry import FLOWS
 from trade2026.recovery import DEFAULT_EPOCH_INTERVAL, RecoveryError
 
+#: Flows only the Quix engine runs (on Bytewax the quality gate sits inside each flow).
+QUIX_ONLY = sorted({n.replace("_", "-") for n in QUIX_FLOWS} - set(FLOWS))
+
 
 @click.command("run")
-@click.argument("flow", type=click.Choice(sorted(FLOWS)))
+@click.argument("flow", type=click.Choice(sorted([*FLOWS, *QUIX_ONLY])))
 @click.option(
     "-w",
     "--workers",
@@ -77,7 +81,8 @@ from trade2026.recovery import DEFAULT_EPOCH_INTERVAL, RecoveryError
     type=click.Choice(["bytewax", "quix"]),
     default="bytewax",
     show_default=True,
-    help="Run on Bytewax over NATS, or as a Quix Streams app over Kafka (features, ticks-sink).",
+    help="Run on Bytewax over NATS, or as a Quix Streams app over Kafka "
+    "(features, ticks-sink, quality, quality-raw).",
 )
 @click.option(
     "--kafka",
@@ -122,6 +127,13 @@ def run_command(
     if engine == "quix":
         _run_quix(flow, kafka, metrics_port)
         return
+    if flow in QUIX_ONLY:
+        click.echo(
+            f"error: run {flow}: runs on --engine quix only; hint: on Bytewax the quality "
+            "gate is inside each flow (docs/quality.md); pass --engine quix --kafka BROKERS",
+            err=True,
+        )
+        sys.exit(exitcodes.USAGE)
 
     from trade2026.accounting import Accounting
     from trade2026.flowregistry import RunContext
@@ -144,6 +156,8 @@ def run_command(
         click.echo(f"run {flow}: metrics at {server.url}", err=True)
     ctx = RunContext(nats=config, workers=workers, accounting=Accounting(REGISTRY), metrics=metrics)
     dataflow = FLOWS[flow](ctx)
+    # Batch-size and latency histograms for every source and sink of the graph.
+    metrics.meter_dataflow(dataflow)
     address_list = addresses.split(";") if addresses else None
     try:
         recovery = _recovery_kwargs(
@@ -242,8 +256,11 @@ def _run_quix(flow: str, kafka: str | None, metrics_port: int | None) -> None:
             err=True,
         )
         sys.exit(exitcodes.USAGE)
+    from trade2026.observability import FlowMetrics
+
     if metrics_port is not None:
         start_http_server(metrics_port)
-    app = quix_flow(name, kafka, accounting=Accounting(REGISTRY))
+    metrics = FlowMetrics(REGISTRY, flow=flow)
+    app = quix_flow(name, kafka, accounting=Accounting(REGISTRY), metrics=metrics)
     with contextlib.suppress(KeyboardInterrupt):
         app.run()

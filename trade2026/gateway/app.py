@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 import uuid
@@ -493,6 +494,11 @@ def openapi_spec() -> dict[str, Any]:
             ref_template="#/components/schemas/{name}",
         )
     )
+    # msgspec 0.23 started passing docstrings through inspect.cleandoc; do it here too so
+    # the document is the same whichever msgspec version is installed.
+    for schema in components.values():
+        if isinstance(schema.get("description"), str):
+            schema["description"] = inspect.cleandoc(schema["description"])
 
     def body(schema: dict[str, Any], description: str) -> dict[str, Any]:
         return {"description": description, "content": {"application/json": {"schema": schema}}}

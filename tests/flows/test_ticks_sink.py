@@ -55,22 +55,43 @@ def msgs() -> list[Message]:
     return out
 
 
-def run(root: Path, items: list[Message], acc: Accounting) -> list[Outgoing]:
+#: Source batch sizes and the flow's small-batch cut: record by record, and the arrow
+#: (column) path with the checked rows split across two shards.
+PATHS = pytest.mark.parametrize(
+    ("source_batch", "small_batch"), [(1, 256), (7, 0)], ids=["records", "columns"]
+)
+
+
+def run(
+    root: Path,
+    items: list[Message],
+    acc: Accounting,
+    source_batch: int = 1,
+    small_batch: int = 256,
+) -> list[Outgoing]:
     dlq: list[Outgoing] = []
     cfg = DeltaTicksConfig(root=str(root), batch_rows=25, batch_ms=50)
     run_main(
         build_flow(
-            cfg, source=TestingSource(items), dlq_sink=TestingSink(dlq), accounting=acc, shards=2
+            cfg,
+            source=TestingSource(items, batch_size=source_batch),
+            dlq_sink=TestingSink(dlq),
+            accounting=acc,
+            shards=2,
+            small_batch=small_batch,
         )
     )
     return dlq
 
 
-def test_flow_writes_tables_dead_letters_and_balances(tmp_path: Path) -> None:
+@PATHS
+def test_flow_writes_tables_dead_letters_and_balances(
+    tmp_path: Path, source_batch: int, small_batch: int
+) -> None:
     from deltalake import DeltaTable
 
     acc = Accounting()
-    dlq = run(tmp_path, msgs(), acc)
+    dlq = run(tmp_path, msgs(), acc, source_batch, small_batch)
 
     trades = DeltaTable(table_uri(str(tmp_path), "trade")).to_pyarrow_table()
     quotes = DeltaTable(table_uri(str(tmp_path), "quote")).to_pyarrow_table()
@@ -86,13 +107,16 @@ def test_flow_writes_tables_dead_letters_and_balances(tmp_path: Path) -> None:
     assert count.balanced
 
 
-def test_replaying_the_same_stream_adds_no_rows(tmp_path: Path) -> None:
+@PATHS
+def test_replaying_the_same_stream_adds_no_rows(
+    tmp_path: Path, source_batch: int, small_batch: int
+) -> None:
     from deltalake import DeltaTable
 
     items = msgs()
-    run(tmp_path, items[:50], Accounting())
+    run(tmp_path, items[:50], Accounting(), source_batch, small_batch)
     acc = Accounting()
-    run(tmp_path, items, acc)  # the restarted flow re-reads the whole stream
+    run(tmp_path, items, acc, source_batch, small_batch)  # the restart re-reads it all
     assert DeltaTable(table_uri(str(tmp_path), "trade")).to_pyarrow_table().num_rows == 40
     assert DeltaTable(table_uri(str(tmp_path), "quote")).to_pyarrow_table().num_rows == 40
     count = acc.stage("ticks_sink")

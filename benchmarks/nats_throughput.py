@@ -7,11 +7,16 @@ has the process to itself:
 
 * ``bare``: nats-py callback subscription that republishes (the floor of what any
   Python relay costs),
-* ``bytewax``: ``NatsSource -> map to Outgoing -> NatsSink`` with ``run_main``.
+* ``bytewax``: ``NatsSource -> map to Outgoing -> NatsSink`` with ``run_main``,
+* ``bytewax_pipelined``: the same with ``PipelinedNatsSink`` (flush overlapped with
+  the next batch, waited for at each epoch end).
 
 Also measured in-process: the sinks on their own (``write_batch`` of 1,000 per call;
-JetStream waits for every ack), one JetStreamSource partition draining a stream
-(ordered consumer vs durable with one "ack all" per batch), and the source's idle
+JetStream waits for every ack; the pipelined core sink with a snapshot every 10
+batches), one JetStreamSource partition draining a stream (ordered consumer on the fast
+path and on nats-py's callback path, durable with one "ack all" per batch; and a stream
+whose messages carry the two headers of a tick, read with and without
+``keep_headers``), medians of ``--runs`` interleaved runs, and the source's idle
 trade-off: CPU and publish-to-output latency at 100 msg/s for different ``idle_wait``
 values (``None`` = Bytewax's own 1 ms back-off).
 
@@ -115,13 +120,15 @@ def _bare_relay(url: str, stop: threading.Event, ready: threading.Event) -> None
     asyncio.run(main())
 
 
-def _bytewax_relay(url: str, stop: threading.Event, ready: threading.Event) -> None:
+def _bytewax_relay(
+    url: str, stop: threading.Event, ready: threading.Event, pipelined: bool = False
+) -> None:
     import bytewax.operators as op
     from bytewax.dataflow import Dataflow
     from bytewax.testing import run_main
 
     from schemas.transport import Message, Outgoing
-    from sinks.nats import NatsSink
+    from sinks.nats import NatsSink, PipelinedNatsSink
     from sources.nats import NatsSource
     from trade2026.natsconf import NatsConfig
 
@@ -131,8 +138,16 @@ def _bytewax_relay(url: str, stop: threading.Event, ready: threading.Event) -> N
     def relay(m: Message) -> Outgoing:
         return Outgoing("md.out." + m.subject[7:], m.data, m.headers)
 
+    def relay_keyed(m: Message) -> tuple[str, Outgoing]:
+        # A partitioned sink takes (key, item): the relay step makes the pair itself.
+        return "", Outgoing("md.out." + m.subject[7:], m.data, m.headers)
+
     flow = Dataflow("relay")
-    op.output("out", op.map("relay", op.input("inp", flow, source), relay), NatsSink(config))
+    inp = op.input("inp", flow, source)
+    if pipelined:
+        op.output("out", op.map("relay", inp, relay_keyed), PipelinedNatsSink(config))
+    else:
+        op.output("out", op.map("relay", inp, relay), NatsSink(config))
 
     def signal_ready() -> None:
         while not source.stats:
@@ -152,8 +167,11 @@ def relay_run(url: str, kind: str, n: int) -> tuple[float, int]:
     publisher.start()
     counter_ready.wait(20)
     stop, ready = threading.Event(), threading.Event()
-    target = _bare_relay if kind == "bare" else _bytewax_relay
-    t = threading.Thread(target=target, args=(url, stop, ready), daemon=True)
+    if kind == "bare":
+        t = threading.Thread(target=_bare_relay, args=(url, stop, ready), daemon=True)
+    else:
+        pipelined = kind == "bytewax_pipelined"
+        t = threading.Thread(target=_bytewax_relay, args=(url, stop, ready, pipelined), daemon=True)
     t.start()
     ready.wait(20)
     go.set()
@@ -170,7 +188,7 @@ def sink_rates(url: str, n: int) -> dict[str, float]:
     import nats
 
     from schemas.transport import Outgoing
-    from sinks.nats import JetStreamSink, NatsSink
+    from sinks.nats import JetStreamSink, NatsSink, PipelinedNatsSink
     from trade2026.natsconf import NatsConfig
 
     async def make_stream() -> None:
@@ -200,43 +218,73 @@ def sink_rates(url: str, n: int) -> dict[str, float]:
             part.write_batch(batch)
         rates[name] = len(batches) * 1000 / (time.perf_counter() - t0)
         part.close()
+    # Pipelined: the flush overlaps the next batch; snapshot() (an epoch end) every 10
+    # batches waits for the outstanding one, as Bytewax would call it.
+    pipe = PipelinedNatsSink(config).build_part("bench", "nats-0", None)
+    t0 = time.perf_counter()
+    for i, batch in enumerate(batches):
+        pipe.write_batch(batch)
+        if i % 10 == 9:
+            pipe.snapshot()
+    pipe.snapshot()
+    rates["core_sink_pipelined"] = len(batches) * 1000 / (time.perf_counter() - t0)
+    pipe.close()
     return rates
 
 
 # -- JetStream source ----------------------------------------------------------------------
-def jetstream_source_rates(url: str, n: int) -> dict[str, float]:
-    """Read a stream of ``n`` messages through one partition, ordered vs durable."""
+def jetstream_source_rates(url: str, n: int, runs: int) -> dict[str, list[float]]:
+    """Read a stream of ``n`` messages through one partition; variants interleaved.
+
+    Two streams: bare 100 B messages, and the same with the two headers every tick
+    carries (``Nats-Msg-Id``, ``T26-Recv-Ns``). ``callback`` is the public nats-py
+    callback path the fast path replaces; ``no_headers`` is ``keep_headers=False``.
+    """
     import nats
 
+    from schemas.transport import MSG_ID_HEADER, RECV_NS_HEADER
     from sources.nats import JetStreamSource
     from trade2026.natsconf import NatsConfig
 
-    async def fill() -> None:
+    async def fill(stream: str, headers: bool) -> None:
         nc = await nats.connect(url)
-        js = nc.jetstream()
-        await js.add_stream(name="BENCHSRC", subjects=["benchsrc.>"])
+        js = nc.jetstream(publish_async_max_pending=4000)
+        await js.add_stream(name=stream, subjects=[f"{stream.lower()}.>"])
         pad = b"x" * N_PAYLOAD
         for i in range(n):
-            await js.publish_async(f"benchsrc.s{i % 16}", pad)
+            hdr = {MSG_ID_HEADER: str(i), RECV_NS_HEADER: str(time.time_ns())} if headers else None
+            await js.publish_async(f"{stream.lower()}.s{i % 16}", pad, headers=hdr)
         await js.publish_async_completed()
         await nc.close()
 
-    asyncio.run(fill())
-    rates: dict[str, float] = {}
-    for name, durable in (("jetstream_source_ordered", None), ("jetstream_source_durable", "b")):
-        source = JetStreamSource(
-            "BENCHSRC", "benchsrc.>", NatsConfig(servers=(url,)), durable=durable
-        )
-        t0 = time.perf_counter()
-        part = source.build_part("bench", "benchsrc.>", None)
-        got = 0
-        while got < n:
-            batch = list(part.next_batch())
-            got += len(batch)
-            if not batch:
-                time.sleep(0.001)
-        rates[name] = n / (time.perf_counter() - t0)
-        part.close()
+    asyncio.run(fill("BENCHSRC", False))
+    asyncio.run(fill("BENCHHDR", True))
+    variants: dict[str, tuple[str, dict[str, Any]]] = {
+        "jetstream_source_ordered": ("BENCHSRC", {}),
+        "jetstream_source_ordered_callback": ("BENCHSRC", {"fast_path": False}),
+        "jetstream_source_durable": ("BENCHSRC", {"durable": "b"}),
+        "jetstream_source_ordered_headers": ("BENCHHDR", {}),
+        "jetstream_source_ordered_headers_callback": ("BENCHHDR", {"fast_path": False}),
+        "jetstream_source_ordered_headers_no_headers": ("BENCHHDR", {"keep_headers": False}),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for run in range(runs):
+        for name, (stream, kw) in variants.items():
+            if "durable" in kw:  # a durable resumes from its ack floor: a fresh one per run
+                kw = {**kw, "durable": f"b{run}"}
+            source = JetStreamSource(
+                stream, f"{stream.lower()}.>", NatsConfig(servers=(url,)), **kw
+            )
+            t0 = time.perf_counter()
+            part = source.build_part("bench", f"{stream.lower()}.>", None)
+            got = 0
+            while got < n:
+                batch = list(part.next_batch())
+                got += len(batch)
+                if not batch:
+                    time.sleep(0.001)
+            rates[name].append(n / (time.perf_counter() - t0))
+            part.close()
     return rates
 
 
@@ -301,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {"messages": args.messages, "payload_bytes": N_PAYLOAD}
     rows: list[list[object]] = []
     with LocalNatsServer() as server:
-        for kind in ("bare", "bytewax"):
+        for kind in ("bare", "bytewax", "bytewax_pipelined"):
             samples = [relay_run(server.url, kind, args.messages) for _ in range(args.runs)]
             rates = [r for r, _ in samples]
             med = statistics.median(rates)
@@ -312,10 +360,16 @@ def main(argv: list[str] | None = None) -> None:
             }
             rows.append([f"relay {kind}", f"{med:,.0f}", " ".join(f"{r:,.0f}" for r in rates)])
         sink = sink_rates(server.url, min(args.messages, 50_000))
-        sink.update(jetstream_source_rates(server.url, min(args.messages, 50_000)))
         for name, rate in sink.items():
             results[name] = {"msg_per_s": round(rate)}
             rows.append([name.replace("_", " "), f"{rate:,.0f}", "1 run"])
+        src = jetstream_source_rates(server.url, min(args.messages, 50_000), args.runs)
+        for name, runs in src.items():
+            med = statistics.median(runs)
+            results[name] = {"msg_per_s": round(med), "runs_msg_per_s": [round(r) for r in runs]}
+            rows.append(
+                [name.replace("_", " "), f"{med:,.0f}", " ".join(f"{r:,.0f}" for r in runs)]
+            )
         idle: dict[str, Any] = {}
         for label, wait in (
             ("bytewax_default_1ms", None),

@@ -2,12 +2,19 @@
 
 Each worker gets its own connection on the shared loop thread
 (:class:`trade2026.natsloop.NatsLoop`); ``write_batch`` hands the whole batch to
-that loop in one call and blocks until the batch is out, so Bytewax never moves on
-with messages still sitting in a client buffer.
+that loop in one call and blocks until the batch is out (for the pipelined sink: until
+the previous batch is out, and at the epoch's end until all are), so Bytewax never
+commits an epoch with its messages still sitting in a client buffer.
 
 * :class:`NatsSink` (core NATS, at-most-once) publishes the batch and then flushes
   once (one PING/PONG round trip per batch, not per message). If the connection is
   down it waits for the reconnect rather than filling the client's reconnect buffer.
+* :class:`PipelinedNatsSink` (core NATS too) does not wait for a batch's flush in
+  ``write_batch``, only for the previous batch's, and waits for the last one when the
+  epoch closes (``snapshot()``), so the round trip overlaps the worker's next batch
+  while no epoch is committed ahead of its messages. It is a partitioned sink (items
+  are ``(key, Outgoing)``) because only those get that epoch-end hook; see its
+  docstring.
 * :class:`JetStreamSink` publishes every message of a batch with its ``Nats-Msg-Id``
   without waiting, then waits for all the publish acks together. Only when JetStream
   has acknowledged storing every message does ``write_batch`` return, so nothing is
@@ -21,19 +28,29 @@ published 230-330k msg/s, the JetStream sink 28-34k msg/s with every ack awaited
 storage). In the same runs the median bare nats-py relay moved 65-145k msg/s and the
 NatsSource -> NatsSink Bytewax relay 74-120k msg/s (0.83-1.13 of bare: batching on
 both ends pays for Bytewax's overhead). Load from other processes moves these a lot.
+On a loaded session later (sinks one run, relays medians of 3): core sink 127k msg/s,
+the pipelined sink alone 83k (nothing to overlap: its gain is a worker that has other
+work meanwhile), the relay 40k with NatsSink and 43k with PipelinedNatsSink (bare 50k).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError
@@ -42,7 +59,7 @@ from schemas.transport import MSG_ID_HEADER, Outgoing
 from trade2026.natsconf import NatsConfig
 from trade2026.natsloop import NatsLoop, connect
 
-__all__ = ["JetStreamSink", "NatsSink", "SinkStats"]
+__all__ = ["JetStreamSink", "NatsSink", "PipelinedNatsSink", "SinkStats"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +78,9 @@ class SinkStats:
     reconnects: int = 0
 
 
-class _SinkPartition(StatelessSinkPartition[Outgoing]):
+class _SinkPartition:
+    """One NATS connection on the shared loop; publishing is up to the subclasses."""
+
     def __init__(self, step: str, config: NatsConfig, outage_timeout_s: float, stats: SinkStats):
         self._step = step
         self._config = config
@@ -135,7 +154,7 @@ class _SinkPartition(StatelessSinkPartition[Outgoing]):
                 self.close()
 
 
-class _CoreSinkPartition(_SinkPartition):
+class _CoreSinkPartition(_SinkPartition, StatelessSinkPartition[Outgoing]):
     async def _publish(self, items: list[Outgoing]) -> None:
         nc = self._nc
         assert nc is not None
@@ -180,7 +199,124 @@ class NatsSink(DynamicSink[Outgoing]):
         )
 
 
-class _JetStreamSinkPartition(_SinkPartition):
+class _PipelinedSinkPartition(_CoreSinkPartition, StatefulSinkPartition[Outgoing, None]):
+    """Core publishing whose flush overlaps the worker's next batch; see PipelinedNatsSink."""
+
+    def __init__(self, step: str, config: NatsConfig, outage_timeout_s: float, stats: SinkStats):
+        # Worker side: the batch still being published and flushed on the loop.
+        self._inflight: concurrent.futures.Future[None] | None = None
+        # Loop side: batches run their publish loop one at a time, in submission order
+        # (asyncio.Lock wakes waiters first come, first served).
+        self._order: asyncio.Lock | None = None
+        super().__init__(step, config, outage_timeout_s, stats)
+
+    async def _publish(self, items: list[Outgoing]) -> None:
+        if self._order is None:
+            self._order = asyncio.Lock()
+        async with self._order:
+            await super()._publish(items)
+
+    def _settle(self) -> None:
+        """Block until the outstanding batch is flushed; its error, if any, fails the step."""
+        fut, self._inflight = self._inflight, None
+        if fut is None:
+            return
+        try:
+            fut.result(self._outage_timeout_s + 10.0)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise TimeoutError(
+                f"{self._step}: a batch was not flushed within {self._outage_timeout_s + 10:.0f}s; "
+                "hint: is the NATS server reachable?"
+            ) from None
+
+    def write_batch(self, items: list[Outgoing]) -> None:
+        if not items:
+            return
+        prev = self._inflight
+        self._inflight = self._loop.submit(self._publish(items))
+        if prev is not None:
+            try:
+                prev.result(self._outage_timeout_s + 10.0)
+            except concurrent.futures.TimeoutError:
+                prev.cancel()
+                raise TimeoutError(
+                    f"{self._step}: a batch was not flushed within "
+                    f"{self._outage_timeout_s + 10:.0f}s; hint: is the NATS server reachable?"
+                ) from None
+
+    def snapshot(self) -> None:
+        # Bytewax snapshots a partition when the epoch it wrote in closes and commits the
+        # epoch only with that snapshot, so waiting here means no epoch is committed
+        # (and no input position moves past it) before its messages reached the server.
+        self._settle()
+        return None
+
+    def close(self) -> None:
+        if not self._closed and self._loop.alive:
+            try:
+                self._settle()
+            finally:
+                super().close()
+        else:
+            super().close()
+
+
+class PipelinedNatsSink(FixedPartitionedSink[Outgoing, None]):
+    """Core NATS like :class:`NatsSink`, but ``write_batch`` does not wait for its flush.
+
+    ``write_batch`` hands the batch to the loop thread and waits only for the *previous*
+    batch, so the flush round trip (and nats-py's publish work) overlaps the worker's
+    next batch instead of blocking it: in ``benchmarks/orders.py`` the worker spent
+    ~24 % of its time waiting in ``NatsSink.write_batch``.
+
+    Why a partitioned (stateful) sink: Bytewax commits an epoch's snapshot after the
+    epoch's ``write_batch`` calls returned. A stateless sink has no later hook, so a
+    pipelined one could let an epoch commit while its last batch is still unflushed;
+    a kill -9 then would lose that batch although the input moved on. A
+    ``StatefulSinkPartition`` is snapshotted when the epoch it wrote in closes, before
+    the epoch is committed (bytewax ``src/outputs.rs``, ``partitioned_output``: the
+    epoch-close notification calls ``snapshot()`` on every partition written in the
+    epoch and sends the result to the recovery store); here ``snapshot()`` waits for the
+    outstanding flush and returns ``None`` (no resume state). So every message written
+    in an epoch is on the server before that epoch can be committed, with or without
+    recovery, at the cost of one flush wait per epoch instead of one per batch.
+
+    Items are ``(key, Outgoing)`` pairs (a ``FixedPartitionedSink`` routes by key), e.g.
+    ``op.key_on("key", outgoing, lambda o: o.subject)``; messages of one key keep their
+    order. ``partitions`` (default 1) spreads keys over that many connections, each
+    owned by one worker (Bytewax picks it), so with several workers items may cross to
+    another worker first. Like :class:`NatsSink` it is at-most-once if the server itself
+    fails after the flush.
+    """
+
+    def __init__(
+        self, config: NatsConfig, *, partitions: int = 1, outage_timeout_s: float = 30.0
+    ) -> None:
+        if partitions < 1:
+            raise ValueError(f"PipelinedNatsSink: partitions={partitions}; hint: use 1 or more")
+        self.config = config
+        self.partitions = partitions
+        self.outage_timeout_s = outage_timeout_s
+        self.stats: dict[str, SinkStats] = {}
+
+    def list_parts(self) -> list[str]:
+        return [f"nats-{i}" for i in range(self.partitions)]
+
+    def part_fn(self, item_key: str) -> int:
+        # Bytewax calls this per item; with one partition there is nothing to hash.
+        return 0 if self.partitions == 1 else zlib.crc32(item_key.encode())
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: None
+    ) -> StatefulSinkPartition[Outgoing, None]:
+        stats = self.stats[for_part] = SinkStats()
+        return _PipelinedSinkPartition(
+            f"{step_id} pipelined nats sink ({for_part})", self.config, self.outage_timeout_s, stats
+        )
+
+
+class _JetStreamSinkPartition(_SinkPartition, StatelessSinkPartition[Outgoing]):
     def __init__(
         self,
         step: str,

@@ -36,12 +36,34 @@ Partitions
 ``stop_after`` (messages per partition) and ``idle_timeout_s`` (seconds without a
 message, on the monotonic clock) make a never-ending source finish, for tests and
 batch jobs; both are off by default.
+
+Fast path
+    py-spy of the ticks sink showed nats-py's reader holding the GIL ~64 % of the time,
+    a third of it in per-message work we do not need: building a ``Msg`` (decoding
+    subject and reply, parsing every header), and handing it to the subscription's
+    task through an asyncio queue before our async callback ran. So for core NATS and
+    the ordered JetStream consumer each partition's connection routes its own
+    subscriptions' deliveries straight from nats-py's protocol parser to a plain
+    function (:func:`_install_dispatch`, which replaces ``Client._process_msg`` on that
+    connection only). It works on the raw bytes: the ack subject is split once as
+    bytes, headers are parsed only into the ``Message`` (or not at all with
+    ``keep_headers=False``, which still reads ``T26-Recv-Ns``). When the feed is full
+    the raw deliveries wait in order in an overflow queue (what nats-py's subscription
+    queue did before), not counted as received; flow control, gap and heartbeat
+    checks see them in the same order as before. It depends on a nats-py internal, so
+    it is used only on the nats-py minor versions it was tested with
+    (``_FAST_PATH_VERSIONS``) and otherwise, or with ``fast_path=False``, the public
+    callback path runs instead; ``tests/sources/test_nats_fastpath.py`` checks both
+    give the same messages. Measured with ``benchmarks/nats_throughput.py`` (see
+    docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
+import inspect
 import logging
 import threading
 import time
@@ -85,6 +107,116 @@ _ORDERED_PENDING_BYTES = 64 * 1024 * 1024
 _ORDERED_PENDING_MSGS = 1_000_000
 _ACK_PREFIX = "$JS.ACK."
 _CALL_TIMEOUT_S = 10.0
+_ACK_PREFIX_B = _ACK_PREFIX.encode()
+_RECV_NS_KEY_B = RECV_NS_HEADER.encode() + b":"
+#: Core NATS: messages held back while the feed is full before we drop (and count) them,
+#: the same bound nats-py's own subscription queue applies by default.
+_CORE_OVERFLOW_MSGS = 512 * 1024
+#: nats-py versions whose ``Client._process_msg`` the fast path was tested against.
+_FAST_PATH_VERSIONS = ((2, 16),)
+
+#: A raw delivery as nats-py's protocol parser hands it over: subject, reply, payload,
+#: header block (None without headers).
+RawHandler = Callable[[bytes, bytes, bytes, bytes | None], None]
+
+
+def _fast_path_supported() -> bool:
+    """Whether nats-py's per-message entry point looks like the one we hook.
+
+    The fast path replaces ``Client._process_msg`` for our own subscriptions only (see
+    :func:`_install_dispatch`), an internal of nats-py. It is used only on the minor
+    versions it was tested with and when the signature still matches; anything else
+    takes the public callback path, which is slower but equivalent.
+    """
+    try:
+        version = importlib.metadata.version("nats-py")
+        major_minor = tuple(int(x) for x in version.split(".")[:2])
+        params = list(inspect.signature(Client._process_msg).parameters)
+    except Exception:  # pragma: no cover - defensive: unknown packaging
+        return False
+    if params != ["self", "sid", "subject", "reply", "data", "headers"]:
+        return False
+    if major_minor not in _FAST_PATH_VERSIONS:
+        log.info("nats-py %s not tested with the source fast path; using callbacks", version)
+        return False
+    return True
+
+
+FAST_PATH_SUPPORTED = _fast_path_supported()
+
+
+def _install_dispatch(nc: Client, handlers: dict[int, RawHandler]) -> None:
+    """Route deliveries of the subscriptions in ``handlers`` (by sid) straight to them.
+
+    nats-py turns every delivery into a ``Msg`` (decoding subject and reply, parsing
+    headers) and hands it to the subscription's task through an asyncio queue; py-spy
+    put that at ~26 % of the GIL in the ticks sink, on top of our async callback. Our
+    handlers take the raw bytes synchronously on the loop thread instead and parse only
+    what they need. Everything else (other subscriptions, requests, JetStream API
+    replies) still goes through nats-py's own ``_process_msg``.
+    """
+    orig = nc._process_msg
+    stats = nc.stats
+
+    async def process_msg(
+        sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        handler = handlers.get(sid)
+        if handler is None:
+            await orig(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            return
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        handler(subject, reply, data, headers)
+
+    nc._process_msg = process_msg  # type: ignore[method-assign]
+
+
+_WS = " \t\r\n\x0b\x0c"  # what bytes.strip() strips, as nats-py strips the raw bytes
+
+
+def _parse_headers(raw: bytes) -> dict[str, str] | None:
+    """A NATS header block as nats-py would return it (inline status included).
+
+    ``NATS/1.0[ <status>[ <description>]]\r\nName: value\r\n...\r\n\r\n``. One decode
+    of the whole block and C-level string checks: per message this was 15 % of the
+    GIL in the ticks sink with nats-py's line-by-line version.
+    """
+    lines = raw.decode("utf-8", "replace").split("\r\n")
+    out: dict[str, str] = {}
+    first = lines[0]
+    if len(first) > 9:  # inline status, e.g. "NATS/1.0 100 Idle Heartbeat"
+        status = first[9:12]
+        if status.isdigit():
+            out[js_api.Header.STATUS.value] = status
+        desc = first[13:].strip(_WS)
+        if desc:
+            out[js_api.Header.DESCRIPTION.value] = desc
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = name.strip(_WS)
+        # Names are ASCII tokens: nats-py skips undecodable ones and any with whitespace.
+        if key and key.isascii() and key.isprintable() and " " not in key:
+            out[key] = value.strip(_WS)
+    return out or None
+
+
+def _recv_ns_raw(raw: bytes | None, clock: Callable[[], int]) -> int:
+    """``T26-Recv-Ns`` straight from the header block, without parsing the rest."""
+    if raw:
+        i = raw.find(_RECV_NS_KEY_B)
+        if i >= 0:
+            start = i + len(_RECV_NS_KEY_B)
+            end = raw.find(b"\r\n", start)
+            try:
+                return int(raw[start : end if end >= 0 else len(raw)])
+            except ValueError:
+                pass
+    return clock()
 
 
 def subject_partition(subject: str, n: int) -> int:
@@ -161,6 +293,8 @@ class _PartitionBase:
         idle_timeout_s: float | None,
         max_pending: int,
         stats: SourceStats,
+        keep_headers: bool = True,
+        fast_path: bool = True,
     ) -> None:
         self._step = step
         self._config = config
@@ -175,6 +309,14 @@ class _PartitionBase:
         self._max_pending = max_pending
         self.stats = stats
         self._feed: deque[Message] = deque()
+        self._keep_headers = keep_headers
+        self._fast = fast_path and FAST_PATH_SUPPORTED
+        # Fast path (loop side): sid -> raw handler of our subscriptions, and deliveries
+        # held back, in order, while the feed is full (the role nats-py's subscription
+        # queue plays on the callback path). ``_refill`` moves them on once it drains.
+        self._handlers: dict[int, RawHandler] = {}
+        self._overflow: deque[tuple[int, bytes, bytes, bytes, bytes | None]] = deque()
+        self._refill_scheduled = False
         # Loop side: items ever appended to the feed (compared with stats.delivered).
         self._pushed = 0
         # Loop side: bumped by every callback and while a callback waits for room, so a
@@ -200,6 +342,43 @@ class _PartitionBase:
         while len(self._feed) > self._max_pending and not self._closed:
             self._activity += 1
             await asyncio.sleep(0.005)
+
+    def _raw_handler(self, gen: int) -> RawHandler:
+        """The fast-path entry for one subscription: hold back while the feed is full."""
+
+        def on_raw(subject: bytes, reply: bytes, data: bytes, hdr: bytes | None) -> None:
+            self._activity += 1
+            if self._overflow or len(self._feed) > self._max_pending:
+                if self._hold(gen, subject, reply, data, hdr):
+                    self._overflow.append((gen, subject, reply, data, hdr))
+                return
+            self._on_raw(gen, subject, reply, data, hdr)
+
+        return on_raw
+
+    def _hold(self, gen: int, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None) -> bool:
+        """Whether a delivery may wait in the overflow queue (else it is dropped)."""
+        return True
+
+    def _on_raw(
+        self, gen: int, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None
+    ) -> None:
+        raise NotImplementedError
+
+    def _refill(self) -> None:
+        """Loop side: move held-back deliveries into the feed, in order, while there is room."""
+        self._refill_scheduled = False
+        overflow, feed = self._overflow, self._feed
+        while overflow and len(feed) <= self._max_pending and not self._closed:
+            self._on_raw(*overflow.popleft())
+
+    def _message(
+        self, subject: str, data: bytes, reply: str | None, hdr: bytes | None, seq: int | None
+    ) -> Message:
+        if self._keep_headers:
+            headers = _parse_headers(hdr) if hdr else None
+            return Message(subject, data, _recv_ns(headers, self._clock), headers, reply, seq)
+        return Message(subject, data, _recv_ns_raw(hdr, self._clock), None, reply, seq)
 
     async def _on_disconnected(self) -> None:
         if self._closed:
@@ -239,6 +418,9 @@ class _PartitionBase:
             n = min(n, self._stop_after - self.stats.delivered)
         popleft = feed.popleft
         batch = [popleft() for _ in range(n)]
+        if self._overflow and not self._refill_scheduled:
+            self._refill_scheduled = True
+            self._loop.call_soon(self._refill)
         now_mono = time.monotonic()
         if batch:
             self.stats.delivered += len(batch)
@@ -311,27 +493,54 @@ class _CorePartition(_PartitionBase, StatefulSourcePartition[Message, None]):
         self._sub = await self._nc.subscribe(
             self._subject, queue=self._queue or "", cb=self._on_msg
         )
+        if self._fast:
+            _install_dispatch(self._nc, self._handlers)
+            self._handlers[self._sub._id] = self._raw_handler(0)
         # The subscription is live on the server once the PONG is back, so nothing
         # published after build_part returns is missed.
         await self._nc.flush(int(max(1, self._config.connect_timeout_s)))
 
     async def _on_msg(self, msg: Msg) -> None:
+        """The public callback path (nats-py versions without the fast path)."""
         stats = self.stats
         stats.received += 1
         subject = msg.subject
         if not self._mine(subject):
             stats.skipped_other_partition += 1
             return
-        headers = msg.headers
+        headers = msg.headers if self._keep_headers else None
         await self._push(
             Message(
                 subject=subject,
                 data=msg.data,
-                ts_recv=_recv_ns(headers, self._clock),
+                ts_recv=_recv_ns(msg.headers, self._clock),
                 headers=headers,
                 reply=msg.reply or None,
             )
         )
+
+    def _hold(self, gen: int, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None) -> bool:
+        # Core NATS cannot hold the publisher back: past nats-py's usual queue bound we
+        # drop, as nats-py would (a slow consumer).
+        if len(self._overflow) < _CORE_OVERFLOW_MSGS:
+            return True
+        self.stats.received += 1
+        self.stats.slow_consumer_drops += 1
+        if self.stats.slow_consumer_drops in (1, 10, 100, 1000, 10_000):
+            log.warning("%s [%s]: slow consumer, dropping messages", self._step, self._subject)
+        return False
+
+    def _on_raw(
+        self, gen: int, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None
+    ) -> None:
+        stats = self.stats
+        stats.received += 1
+        subj = subject.decode()
+        if self._hash_n != 1 and not self._mine(subj):
+            stats.skipped_other_partition += 1
+            return
+        self._feed.append(self._message(subj, data, reply.decode() or None, hdr, None))
+        self._pushed += 1
 
     async def _on_disconnected(self) -> None:
         await super()._on_disconnected()
@@ -371,6 +580,8 @@ class NatsSource(FixedPartitionedSource[Message, None]):
         stop_after: int | None = None,
         idle_timeout_s: float | None = None,
         max_pending: int = DEFAULT_MAX_PENDING,
+        keep_headers: bool = True,
+        fast_path: bool = True,
     ) -> None:
         self._parts = _split_parts(subjects, hash_partitions, "NatsSource")
         self.config = config
@@ -382,6 +593,8 @@ class NatsSource(FixedPartitionedSource[Message, None]):
         self.stop_after = stop_after
         self.idle_timeout_s = idle_timeout_s
         self.max_pending = max_pending
+        self.keep_headers = keep_headers
+        self.fast_path = fast_path
         self.stats: dict[str, SourceStats] = {}
         self._lock = threading.Lock()
 
@@ -407,6 +620,8 @@ class NatsSource(FixedPartitionedSource[Message, None]):
             idle_timeout_s=self.idle_timeout_s,
             max_pending=self.max_pending,
             stats=stats,
+            keep_headers=self.keep_headers,
+            fast_path=self.fast_path,
         )
         # Registered once subscribed, so a caller that sees it can publish safely.
         with self._lock:
@@ -417,11 +632,18 @@ class NatsSource(FixedPartitionedSource[Message, None]):
 # ---------------------------------------------------------------------------------------
 # JetStream
 # ---------------------------------------------------------------------------------------
-def _js_seqs(reply: str) -> tuple[int, int]:
-    """(stream seq, consumer seq) from a JetStream ack subject, v1 or v2 layout."""
-    tokens = reply.split(".")
-    off = 0 if len(tokens) == 9 else 2
-    return int(tokens[5 + off]), int(tokens[6 + off])
+def _js_seqs(reply: str | bytes) -> tuple[int, int]:
+    """(stream seq, consumer seq) from a JetStream ack subject, v1 or v2 layout.
+
+    v1: ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>`` (9
+    tokens); v2 adds ``<domain>.<account hash>`` after ``ACK`` (and maybe a token at
+    the end). ``int`` takes the bytes tokens as they are, so the fast path never
+    decodes the subject for this.
+    """
+    tokens = reply.split(".") if isinstance(reply, str) else reply.split(b".")
+    if len(tokens) == 9:
+        return int(tokens[5]), int(tokens[6])
+    return int(tokens[7]), int(tokens[8])
 
 
 class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int]):
@@ -483,6 +705,10 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
         else:
             start = 0
         self._delivered_seq = self._last_seq = start
+        if self._fast and self._durable is None:
+            _install_dispatch(self._nc, self._handlers)
+        else:
+            self._fast = False  # a durable's flow control is nats-py's own
         await self._subscribe()
         if self._durable is None:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
@@ -561,6 +787,8 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
             pending_msgs_limit=_ORDERED_PENDING_MSGS,
             pending_bytes_limit=_ORDERED_PENDING_BYTES,
         )
+        if self._fast:
+            self._handlers[self._sub._id] = self._raw_handler(gen)
         config.deliver_subject = inbox
         config.ack_policy = js_api.AckPolicy.NONE
         config.flow_control = True
@@ -579,6 +807,33 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
         with contextlib.suppress(Exception):
             await asyncio.wait_for(js.delete_consumer(self._stream, name), 2.0)
 
+    def _on_raw(
+        self, gen: int, subject: bytes, reply: bytes, data: bytes, hdr: bytes | None
+    ) -> None:
+        """Fast path of :meth:`_on_ordered`: the same checks on nats-py's raw bytes."""
+        if gen != self._gen:
+            return
+        if reply.startswith(_ACK_PREFIX_B):
+            seq, dseq = _js_seqs(reply)
+            if dseq != self._expect_dseq:
+                self._restart(f"delivery gap (consumer seq {dseq}, expected {self._expect_dseq})")
+                return
+            self._expect_dseq = dseq + 1
+            stats = self.stats
+            stats.received += 1
+            if seq <= self._last_seq:
+                stats.duplicates += 1
+                return
+            self._last_seq = seq
+            subj = subject.decode()
+            if self._hash_n != 1 and not self._mine(subj):
+                stats.skipped_other_partition += 1
+                return
+            self._feed.append(self._message(subj, data, reply.decode(), hdr, seq))
+            self._pushed += 1
+            return
+        self._on_control(reply.decode(), (_parse_headers(hdr) if hdr else None) or {})
+
     async def _on_ordered(self, msg: Msg) -> None:
         """Data, flow-control requests and heartbeats of the ordered consumer, in order."""
         self._activity += 1
@@ -591,7 +846,10 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
             self._expect_dseq = dseq + 1
             await self._accept(msg, seq)
             return
-        headers = msg.headers or {}
+        self._on_control(reply, msg.headers or {})
+
+    def _on_control(self, reply: str, headers: dict[str, str]) -> None:
+        """A flow-control request (it has a reply subject) or an idle heartbeat."""
         if reply:  # "100 FlowControl Request": answer once the worker took what came before
             self._flow_control(reply)
             return
@@ -644,7 +902,7 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
             if self._closed or nc is None or not nc.is_connected:
                 seen = self._activity
                 continue
-            if self._activity == seen:
+            if self._activity == seen and not self._overflow:
                 self._restart(f"no heartbeat for {period:g} s")
             seen = self._activity
 
@@ -670,6 +928,7 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
                 self._last_seq + 1,
             )
             if self._sub is not None:
+                self._handlers.pop(getattr(self._sub, "_id", -1), None)
                 with contextlib.suppress(Exception):
                     await self._sub.unsubscribe()
             try:
@@ -719,7 +978,7 @@ class _JetStreamPartition(_PartitionBase, StatefulSourcePartition[Message, int])
                 subject=subject,
                 data=msg.data,
                 ts_recv=_recv_ns(headers, self._clock),
-                headers=headers,
+                headers=headers if self._keep_headers else None,
                 reply=msg.reply,
                 seq=seq,
             )
@@ -785,7 +1044,10 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
       last answer (2 MiB at first, doubling per answer to 32 MiB, measured with
       nats-server 2.15), so a stalled flow holds at most that window plus one batch in
       memory and the rest stays on the server as the consumer's pending count
-      (same test: +0 MB, 9,740 of 10,000 pending). A running flow answers at once, so
+      (same test: +0 MB, 9,740 of 10,000 pending). On the fast path the messages of
+      that window which do not fit under ``max_pending`` wait, raw and in order, in
+      the partition's overflow queue (on the callback path: in nats-py's
+      subscription queue) until the worker drains. A running flow answers at once, so
       the cost is nil: interleaved runs of the old and this consumer (100k x 100 B,
       one partition) drained a median 109k vs 159k msg/s on this noisy 2-core box,
       and ``benchmarks/nats_throughput.py`` measured 172k msg/s afterwards.
@@ -814,6 +1076,8 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
         stop_after: int | None = None,
         idle_timeout_s: float | None = None,
         max_pending: int = DEFAULT_MAX_PENDING,
+        keep_headers: bool = True,
+        fast_path: bool = True,
     ) -> None:
         if deliver not in ("all", "new"):
             raise ValueError(f"JetStreamSource: deliver={deliver!r}; hint: use 'all' or 'new'")
@@ -830,6 +1094,8 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
         self.stop_after = stop_after
         self.idle_timeout_s = idle_timeout_s
         self.max_pending = max_pending
+        self.keep_headers = keep_headers
+        self.fast_path = fast_path
         self.stats: dict[str, SourceStats] = {}
         self._lock = threading.Lock()
 
@@ -862,6 +1128,8 @@ class JetStreamSource(FixedPartitionedSource[Message, int]):
             idle_timeout_s=self.idle_timeout_s,
             max_pending=self.max_pending,
             stats=stats,
+            keep_headers=self.keep_headers,
+            fast_path=self.fast_path,
         )
         with self._lock:
             self.stats[for_part] = stats

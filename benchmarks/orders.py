@@ -21,6 +21,13 @@ Measurements (``trade2026 bench orders``):
 * **maximum sustained orders/s**: closed loop with a bounded number in flight; the rate
   between 10 % and 90 % of the replies (steady state, no start-up or drain).
 * **risk check per order, in process**: :func:`benchmarks.risk_check.measure`.
+* **the quality layer's cost**: the flow runs as ``trade2026 run orders`` does, quality
+  layer on (per-record rules on order events, fills and new venue orders, batch suites
+  in the background); the ack and max-rate phases then run again, each on a fresh
+  server, with only the per-record rules (``rules_only``) and with no quality layer
+  (``without_quality``). The same comparison in process, without NATS, is
+  :func:`per_order_cpu` (CPU per order, arms alternating, medians): steadier than the
+  NATS phases on a shared machine.
 
 The measuring client speaks the documented protocol directly (one wildcard inbox,
 ``T26-Reply-To``, no task or future per order) rather than through
@@ -81,7 +88,10 @@ from bytewax.run import cli_main
 from trade2026.flowregistry import RunContext
 from trade2026.natsconf import NatsConfig
 from flows.{name} import production_flow
-cli_main(production_flow(RunContext(nats=NatsConfig.from_env())), workers_per_process={workers})
+cli_main(
+    production_flow(RunContext(nats=NatsConfig.from_env()){kwargs}),
+    workers_per_process={workers},
+)
 """
 
 
@@ -107,10 +117,12 @@ def _check_flows() -> None:
             )
 
 
-def _start_flow(name: str, url: str, workers: int, env: dict[str, str], log: Path) -> Any:
+def _start_flow(
+    name: str, url: str, workers: int, env: dict[str, str], log: Path, kwargs: str = ""
+) -> Any:
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-c", _FLOW_CODE.format(name=name, workers=workers)],
+            [sys.executable, "-c", _FLOW_CODE.format(name=name, workers=workers, kwargs=kwargs)],
             env={**env, "NATS_URL": url},
             cwd=ROOT,
             stdout=out,
@@ -417,10 +429,147 @@ async def _drive(
         stop.set()
         await tick
     for rate in rates:
+        # Each phase starts on an idle flow: the stream is FIFO, so the probe's answer
+        # means the previous phase's backlog (if the flow fell behind) is decided.
+        await drv.probe(startup_s)
         out[f"ack_at_{rate}"] = await drv.open_loop(rate, int(rate * seconds))
+    await drv.probe(startup_s)
     out["max_sustained"] = await drv.max_rate(max_orders, window=2048, max_s=10.0)
     await drv.nc.close()
     return out
+
+
+class _Counter:
+    """What the in-process sink keeps: a count (publishing is NATS's cost, measured above)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+def _in_process_run(msgs: list[Any], batch: int, limits: Any, quality: bool) -> tuple[float, int]:
+    """CPU seconds (this process) for one in-process run of the orders flow; outputs."""
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+    from bytewax.testing import TestingSource, run_main
+
+    from flows.orders import build_flow
+    from operators.quality.tap import QualityConfig
+
+    counter = _Counter()
+
+    class _Part(StatelessSinkPartition[Any]):
+        def write_batch(self, items: list[Any]) -> None:
+            counter.n += len(items)
+
+    class _Sink(DynamicSink[Any]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> _Part:
+            return _Part()
+
+    flow = build_flow(
+        TestingSource(msgs, batch_size=batch),
+        _Sink(),
+        limits=limits,
+        quality=QualityConfig() if quality else None,
+    )
+    t0 = time.process_time()
+    run_main(flow)
+    return time.process_time() - t0, counter.n
+
+
+def per_order_cpu(orders: int = 20_000, batch: int = 100, repeats: int = 3) -> dict[str, Any]:
+    """Our Python plus Bytewax per approved order, in process, with and without the
+    per-record quality gate (rules only, as in production minus the background suites).
+
+    CPU time of this process, not wall time, so other load on the machine moves it less;
+    the arms alternate and the median of ``repeats`` is reported. Each run is a fresh
+    flow (new accounts), so every order is a new, approved, resting order: the same
+    approve path as the NATS phases, minus NATS.
+    """
+    from operators.risk_config import load_limits
+    from schemas.transport import Message
+
+    with tempfile.TemporaryDirectory(prefix="t26-bench-orders-cpu-") as tmp:
+        path = Path(tmp) / "risk.toml"
+        path.write_text(_BENCH_LIMITS + "".join(f"\n[accounts.{a}]\n" for a in ACCOUNTS))
+        limits = load_limits(path)
+    t0 = time.time_ns()
+    msgs = []
+    for k in range(orders):
+        side, price = ("BUY", "44000.00") if k % 2 == 0 else ("SELL", "46000.00")
+        data = (
+            f'{{"kind":"submit_order","client_order_id":"cpu-{k}",'
+            f'"account_id":"{ACCOUNTS[k % len(ACCOUNTS)]}","instrument_id":"{INSTRUMENT}",'
+            f'"side":"{side}","order_type":"LIMIT","quantity":"0.001","price":"{price}",'
+            f'"time_in_force":"GTC","ts_submit":{t0 + k * 1000}}}'
+        ).encode()
+        reply = f"_INBOX.bench.{k}"
+        msgs.append(Message("orders.submit", data, t0 + k * 1000, {"T26-Reply-To": reply}))
+    arms: dict[str, list[float]] = {"without_quality": [], "with_quality": []}
+    outputs: dict[str, int] = {}
+    for _ in range(repeats):
+        for arm in arms:
+            cpu, n = _in_process_run(msgs, batch, limits, arm == "with_quality")
+            arms[arm].append(cpu / orders * 1e6)
+            outputs[arm] = n
+    med = {arm: round(statistics.median(v), 2) for arm, v in arms.items()}
+    return {
+        "orders": orders,
+        "batch": batch,
+        "repeats": repeats,
+        "outputs_per_order": {a: round(n / orders, 2) for a, n in outputs.items()},
+        "us_per_order": med,
+        "runs_us_per_order": {a: [round(x, 2) for x in v] for a, v in arms.items()},
+        "quality_gate_overhead": round(med["with_quality"] / med["without_quality"] - 1, 3),
+    }
+
+
+#: The quality arms: flow keyword arguments, and the key of their results.
+_ARMS = {
+    "on": (", quality=True", ""),
+    "rules_only": (", quality=True, batch_suites=False", "rules_only"),
+    "off": (", quality=False", "without_quality"),
+}
+
+
+def _nats_phases(
+    tmp: Path,
+    *,
+    quality: str,
+    workers: int,
+    rates: tuple[int, ...],
+    seconds: float,
+    max_orders: int,
+    fills: bool,
+    startup_s: float,
+) -> dict[str, Any]:
+    """One arm: a fresh nats-server, the orders flow (quality arm ``quality``) and the venue."""
+    from trade2026.natsserver import LocalNatsServer
+
+    arm = tmp / quality
+    arm.mkdir()
+    limits = arm / "risk.toml"
+    limits.write_text(_BENCH_LIMITS + "".join(f"\n[accounts.{a}]\n" for a in ACCOUNTS))
+    # The quality layer stores its batch results under the state dir: keep them out of
+    # the checkout.
+    env = {**os.environ, "TRADE2026_RISK": str(limits), "TRADE2026_STATE_DIR": str(arm)}
+    server = LocalNatsServer().start()
+    procs: list[tuple[str, Any, Path]] = []
+    try:
+        for name, w, kwargs in (
+            ("orders", workers, _ARMS[quality][0]),
+            ("venue", 1, ""),
+        ):
+            log = arm / f"{name}.log"
+            procs.append((name, _start_flow(name, server.url, w, env, log, kwargs), log))
+        try:
+            return asyncio.run(_drive(server.url, rates, seconds, max_orders, fills, startup_s))
+        except BenchSetupError:
+            for name, _, log in procs:
+                print(f"--- {name} flow log (tail) ---\n{log.read_text()[-3000:]}")
+            raise
+    finally:
+        for _, proc, _ in procs:
+            _stop(proc)
+        server.stop(kill=True)
 
 
 def main(
@@ -432,10 +581,16 @@ def main(
     risk: bool = True,
     startup_s: float = 60.0,
     write: bool = True,
+    compare_quality: bool = True,
+    cpu: bool = True,
 ) -> dict[str, Any]:
-    """Run every phase (about 40 s with the defaults) and write benchmarks/results/orders.json."""
-    from trade2026.natsserver import LocalNatsServer
+    """Run every phase and write benchmarks/results/orders.json (~2-4 min with the defaults).
 
+    The top-level numbers are the production flow (quality layer on). ``compare_quality``
+    runs the ack and max-rate phases again, right after, each on a fresh server: with the
+    per-record rules only (``rules_only``) and with no quality layer
+    (``without_quality``). ``cpu`` adds :func:`per_order_cpu` (in process).
+    """
     _check_flows()
     results: dict[str, Any] = {
         "targets": TARGETS,
@@ -445,30 +600,31 @@ def main(
             "accounts": len(ACCOUNTS),
             "seconds_per_rate": seconds,
             "cpus": os.cpu_count(),
+            "quality": "on (rules and batch suites), as `trade2026 run orders`",
+            # Other work on the machine moves every number here; this says how much.
+            "load_average_at_start": os.getloadavg()[0],
         },
     }
     with tempfile.TemporaryDirectory(prefix="t26-bench-orders-") as tmp:
-        limits = Path(tmp) / "risk.toml"
-        limits.write_text(_BENCH_LIMITS + "".join(f"\n[accounts.{a}]\n" for a in ACCOUNTS))
-        env = {**os.environ, "TRADE2026_RISK": str(limits)}
-        server = LocalNatsServer().start()
-        procs: list[tuple[str, Any, Path]] = []
-        try:
-            for name, w in (("orders", workers), ("venue", 1)):
-                log = Path(tmp) / f"{name}.log"
-                procs.append((name, _start_flow(name, server.url, w, env, log), log))
-            try:
-                results.update(
-                    asyncio.run(_drive(server.url, rates, seconds, max_orders, fills, startup_s))
-                )
-            except BenchSetupError:
-                for name, _, log in procs:
-                    print(f"--- {name} flow log (tail) ---\n{log.read_text()[-3000:]}")
-                raise
-        finally:
-            for _, proc, _ in procs:
-                _stop(proc)
-            server.stop(kill=True)
+        for quality in _ARMS if compare_quality else ("on",):
+            arm = _nats_phases(
+                Path(tmp),
+                quality=quality,
+                workers=workers,
+                rates=rates,
+                seconds=seconds,
+                max_orders=max_orders,
+                fills=fills and quality == "on",
+                startup_s=startup_s,
+            )
+            key = _ARMS[quality][1]
+            if key:
+                results[key] = arm
+            else:
+                results.update(arm)
+    results["setup"]["load_average_after_nats_phases"] = os.getloadavg()[0]
+    if cpu:
+        results["per_order_cpu"] = per_order_cpu()
     if risk:
         from benchmarks.risk_check import measure
 
@@ -537,11 +693,44 @@ def _print(r: dict[str, Any]) -> None:
                 f"{m['sustained_orders_per_s']:,} orders/s ({m['answered']}/{m['sent']})",
             ]
         )
+    for arm_key in ("rules_only", "without_quality"):
+        label = arm_key.replace("_", " ")
+        other = r.get(arm_key, {})
+        for key, value in other.items():
+            if key.startswith("ack_at_"):
+                a = value["ack_from_scheduled"]
+                rows.append(
+                    [
+                        f"  {label} @ {value['offered_per_s']}/s",
+                        a.get("p50_ms", "-"),
+                        a.get("p99_ms", "-"),
+                        a.get("p999_ms", "-"),
+                        f"{value['answered']}/{value['orders']} answered",
+                    ]
+                )
+        if "max_sustained" in other:
+            m = other["max_sustained"]
+            lat = m["latency_in_flight"]
+            rows.append(
+                [
+                    f"  {label}, max sustained",
+                    lat.get("p50_ms", "-"),
+                    lat.get("p99_ms", "-"),
+                    lat.get("p999_ms", "-"),
+                    f"{m['sustained_orders_per_s']:,} orders/s ({m['answered']}/{m['sent']})",
+                ]
+            )
     print_table(
         "order path through NATS (latency in ms, from the scheduled send)",
         ["what", "p50", "p99", "p99.9", "notes"],
         rows,
     )
+    if "per_order_cpu" in r:
+        c = r["per_order_cpu"]
+        print(
+            f"in process, CPU per approved order (median): {c['us_per_order']} µs; "
+            f"quality gate +{c['quality_gate_overhead']:.1%}"
+        )
     if "risk_check" in r:
         rc = r["risk_check"]
         print(f"risk check in process: {rc['median_us_per_order']} µs/order (median)")

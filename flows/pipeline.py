@@ -127,10 +127,17 @@ async def ensure_streams(
     streams: dict[str, list[str]] | None = None,
     *,
     duplicate_window: timedelta = DUPLICATE_WINDOW,
+    max_age_s: float = 0.0,
+    max_bytes: int = 0,
 ) -> None:
-    """Create the pipeline's streams if missing (file storage, the duplicate window set)."""
+    """Create the pipeline's streams if missing (file storage, the duplicate window set).
+
+    ``max_age_s``/``max_bytes`` (0: unlimited) bound each new stream, the oldest messages
+    discarded first; the order path passes its :class:`~trade2026.orderclient.StreamLimits`.
+    An existing stream is left as it is.
+    """
     from nats.js import api
-    from nats.js.errors import NotFoundError
+    from nats.js.errors import BadRequestError, NotFoundError
 
     for name, subjects in (streams or STREAMS).items():
         try:
@@ -138,14 +145,24 @@ async def ensure_streams(
             continue
         except NotFoundError:
             pass
-        await js.add_stream(
-            api.StreamConfig(
-                name=name,
-                subjects=subjects,
-                storage=api.StorageType.FILE,
-                duplicate_window=duplicate_window.total_seconds(),
-            )
+        config = api.StreamConfig(
+            name=name,
+            subjects=subjects,
+            storage=api.StorageType.FILE,
+            duplicate_window=duplicate_window.total_seconds(),
+            max_age=max_age_s or None,
+            max_bytes=max_bytes or None,
+            discard=api.DiscardPolicy.OLD,
         )
+        try:
+            await js.add_stream(config)
+        except BadRequestError as exc:
+            # Another process made it between our look and our create (flows start
+            # together): fine. Anything else (an overlapping stream) is raised.
+            try:
+                await js.stream_info(name)
+            except NotFoundError:
+                raise exc from None
 
 
 def build_normalize_jetstream(

@@ -19,11 +19,17 @@ How ticks reach every account holding an instrument
     and trade, so a new position is marked at once.
 
     Forwarding every tick to every account would multiply the tick rate by the number of
-    accounts. Ticks are conflated instead: of the ticks of one kind (quote, trade) that
-    fall in the same snapshot interval, only the last is forwarded, and anything held
-    back is sent before a fill and at the end of each batch. That is exact for what is
-    published: a snapshot at a boundary shows the marks of the last ticks before it,
-    and those are never held back across a boundary.
+    accounts. Ticks are conflated instead: a tick is held, and replaced by the next tick
+    of its kind (quote, trade), unless it is the first to reach a snapshot interval above
+    everything already forwarded to some account; such a tick is forwarded at once,
+    after everything held. Held ticks also go before a fill and at the end of each batch.
+    A snapshot shows the marks just before the event that starts its interval, so the
+    book publishes exactly what it would have with every tick, whatever the batch
+    boundaries (which differ after a restart). Holding only while the tick stays within
+    the intervals already forwarded matters because tick times are not monotonic
+    (trades and quotes interleave): keying the hold on the held tick's own interval let
+    a later quote stand in for an earlier one across a trade that started an interval,
+    and the published marks depended on where batches ended.
 
 Time
     Event time only: an account's snapshots fall due when its fills or ticks cross a
@@ -59,7 +65,7 @@ from operators.portfolio import (
     PortfolioState,
 )
 from schemas.canonical import BookDelta, DeadLetter, Fill, Position, Quote, Tick, TradeTick
-from schemas.transport import Message, Outgoing
+from schemas.transport import MSG_ID_HEADER, Message, Outgoing
 from trade2026.accounting import (
     DEAD_LETTERED,
     DUPLICATE,
@@ -68,11 +74,12 @@ from trade2026.accounting import (
     UNKNOWN_INSTRUMENT,
     Accounting,
 )
+from trade2026.orderclient import dead_letter_out
 
 if TYPE_CHECKING:
     from operators.quality.tap import Quality, QualityConfig
-    from sources.nats import NatsSource
     from trade2026.flowregistry import RunContext
+    from trade2026.orderclient import SourceGroup
 
 STAGE: Final = "portfolio"
 DLQ_SUBJECT: Final = f"dlq.{STAGE}"
@@ -107,6 +114,9 @@ class FanOutState(msgspec.Struct):
     accounts: list[str] = msgspec.field(default_factory=list)
     last_quote: Quote | None = None
     last_trade: TradeTick | None = None
+    #: Per account, the highest snapshot interval (``ts_event // interval``) of anything
+    #: forwarded to it: a tick above it may make the account's book take a snapshot.
+    forwarded_interval: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 # --- decode --------------------------------------------------------------------------------
@@ -131,7 +141,7 @@ class _Decode:
                 counts[(inst, IN)] += 1
                 counts[(inst, DEAD_LETTERED)] += 1
                 reasons.append(rec.reason)
-                out.append(Outgoing(DLQ_SUBJECT, self._encode(rec)))
+                out.append(dead_letter_out(STAGE, DLQ_SUBJECT, self._encode(rec), rec.reason, msg))
             elif isinstance(rec, BookDelta):
                 counts[(rec.instrument_id, IN)] += 1
                 counts[(rec.instrument_id, OUT)] += 1
@@ -180,14 +190,26 @@ class _FanOutLogic(StatefulBatchLogic[_Decoded, _Forward, FanOutState]):
     def on_batch(self, values: list[_Decoded]) -> tuple[Iterable[_Forward], bool]:
         s = self._s
         interval = self._interval
+        seen = s.forwarded_interval
+        # At most the lowest interval forwarded to any account (lower is safe: a tick
+        # above it is only forwarded rather than held), so a tick costs O(1), not
+        # O(accounts), to classify.
+        floor = min((seen.get(a, -1) for a in s.accounts), default=-1)
         out: list[_Forward] = []
         pending: dict[type, Mark] = {}
         ticks = 0
         inst = ""
 
+        def send(account: str, item: Mark | _FillIn, at: int) -> None:
+            out.append((account, (account, item)))
+            if at > seen.get(account, -1):
+                seen[account] = at
+
         def flush() -> None:
             for tick in sorted(pending.values(), key=lambda t: t.ts_event):
-                out.extend((account, (account, tick)) for account in s.accounts)
+                at = tick.ts_event // interval
+                for account in s.accounts:
+                    send(account, tick, at)
             pending.clear()
 
         for item in values:
@@ -202,8 +224,9 @@ class _FanOutLogic(StatefulBatchLogic[_Decoded, _Forward, FanOutState]):
                         (t for t in (s.last_quote, s.last_trade) if t is not None),
                         key=lambda t: t.ts_event,
                     ):
-                        out.append((account, (account, last)))
-                out.append((account, (account, item)))
+                        send(account, last, last.ts_event // interval)
+                send(account, item, item.fill.ts_event // interval)
+                floor = min(floor, seen[account])
                 continue
             assert not isinstance(item, Outgoing)
             inst = item.instrument_id
@@ -212,9 +235,18 @@ class _FanOutLogic(StatefulBatchLogic[_Decoded, _Forward, FanOutState]):
                 s.last_quote = item
             else:
                 s.last_trade = item
-            held = pending.get(type(item))
-            if held is not None and held.ts_event // interval != item.ts_event // interval:
+            at = item.ts_event // interval
+            if s.accounts and at > floor:
+                # The tick may start a new snapshot interval for some account: what that
+                # snapshot shows are the marks just before it, so everything held goes
+                # first and this tick is not held (a later one must not stand in for it).
                 flush()
+                for account in s.accounts:
+                    send(account, item, at)
+                floor = at
+                continue
+            # Held, and replaced by the next tick of its kind: nothing in between can
+            # start a snapshot, so only the last mark of each kind matters to the book.
             pending[type(item)] = item
         flush()
         if ticks:
@@ -264,7 +296,9 @@ class _BookLogic(StatefulBatchLogic[tuple[str, Mark | _FillIn], Outgoing, Portfo
                         STAGE, rejected.reason, rejected.detail, raw.data, raw.subject, inst,
                         raw.ts_recv,
                     )  # fmt: skip
-                    out.append(Outgoing(DLQ_SUBJECT, encode(dead)))
+                    out.append(
+                        dead_letter_out(STAGE, DLQ_SUBJECT, encode(dead), rejected.reason, raw)
+                    )
             else:
                 due = book.on_tick(item)
             for snap in due:
@@ -275,8 +309,15 @@ class _BookLogic(StatefulBatchLogic[tuple[str, Mark | _FillIn], Outgoing, Portfo
         return out, StatefulBatchLogic.RETAIN
 
     def _publish(self, account: str, snap: Position | AccountPnl) -> Outgoing:
-        prefix = POSITION_SUBJECT_PREFIX if isinstance(snap, Position) else PNL_SUBJECT_PREFIX
-        return Outgoing(prefix + account, self._encode(snap))
+        # One snapshot set per account per interval boundary (strictly increasing), so
+        # account, instrument and boundary name a snapshot; a replay repeats the id.
+        if isinstance(snap, Position):
+            subject = POSITION_SUBJECT_PREFIX + account
+            msg_id = f"pos:{account}:{snap.instrument_id}:{snap.ts_event}"
+        else:
+            subject = PNL_SUBJECT_PREFIX + account
+            msg_id = f"pnl:{account}:{snap.ts_event}"
+        return Outgoing(subject, self._encode(snap), {MSG_ID_HEADER: msg_id})
 
     def snapshot(self) -> PortfolioState:
         assert self._book is not None, "bytewax snapshots a logic only after it saw a batch"
@@ -346,21 +387,35 @@ def build_production(
     ctx: RunContext,
     config: PortfolioFlowConfig | None = None,
     quality: QualityConfig | Quality | None = None,
-) -> tuple[Dataflow, NatsSource]:
-    """The portfolio flow over NATS, and its source (whose stats show when it subscribed)."""
-    from sinks.nats import NatsSink
-    from sources.nats import NatsSource
+) -> tuple[Dataflow, SourceGroup]:
+    """The portfolio flow on the order path's streams, and its sources.
 
-    source = NatsSource(
-        [FILL_SUBJECT_PREFIX + ">", TICK_SUBJECT_PREFIX + ">"],
-        ctx.nats,
-        stop_after=ctx.stop_after,
-        idle_timeout_s=ctx.idle_timeout_s,
+    Fills come from ``ORDER_EVENTS`` from its first message (a fill published while the
+    portfolio was down is applied when it is back), ticks from ``MD`` from the newest
+    on a fresh start; with Bytewax recovery both resume from their snapshot. Positions
+    and P&L are published with core NATS and stored by ``PORTFOLIO``, each named by
+    account, instrument and snapshot boundary.
+    """
+    from sinks.nats import NatsSink
+    from sources.nats import JetStreamSource
+    from trade2026.orderclient import SourceGroup, ensure_order_path
+
+    ensure_order_path(ctx.nats)
+    fills = JetStreamSource(
+        "ORDER_EVENTS", FILL_SUBJECT_PREFIX + ">", ctx.nats, stop_after=ctx.stop_after
     )
+    ticks = JetStreamSource(
+        "MD", TICK_SUBJECT_PREFIX + ">", ctx.nats, deliver="new", stop_after=ctx.stop_after
+    )
+    group = SourceGroup(fills, ticks, idle_timeout_s=ctx.idle_timeout_s)
     flow = build_flow(
-        source, NatsSink(ctx.nats), config=config, accounting=ctx.accounting, quality=quality
+        group.sources,
+        NatsSink(ctx.nats),
+        config=config,
+        accounting=ctx.accounting,
+        quality=quality,
     )
-    return flow, source
+    return flow, group
 
 
 def production_flow(ctx: RunContext) -> Dataflow:

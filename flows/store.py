@@ -1,6 +1,7 @@
 """The store flow: the order path's records off NATS into QuestDB, or local Delta tables.
 
-Inputs (core NATS, what the order-path flows publish)::
+Inputs (what the order-path flows publish; in production read from the ``ORDER_EVENTS``,
+``PORTFOLIO`` and ``TCA`` streams, see :func:`production_flow`)::
 
     orders.events.>   OrderEvent     -> order_events
     fills.>           Fill           -> fills
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Final, TypeGuard
 
@@ -48,6 +49,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
+from flows.inputs import merged_input
 from operators.portfolio import AccountPnl
 from operators.tca import FillQuality, OrderQuality, TcaWindow
 from schemas.canonical import DeadLetter, Fill, OrderEvent, Position
@@ -56,10 +58,12 @@ from schemas.transport import Message, Outgoing
 from sinks.questdb import RecordWriter
 from sinks.questdb_tables import RowError, TableRegistry
 from trade2026.accounting import DEAD_LETTERED, IN, OUT, UNKNOWN_INSTRUMENT, Accounting
+from trade2026.orderclient import dead_letter_out
 
 if TYPE_CHECKING:
-    from sources.nats import NatsSource
+    from operators.quality.batch import BatchValidator
     from trade2026.flowregistry import RunContext
+    from trade2026.orderclient import SourceGroup
 
 __all__ = [
     "DLQ_SUBJECT",
@@ -90,7 +94,7 @@ ROUTES: Final[tuple[tuple[str, type], ...]] = (
     ("positions.", Position),
     ("pnl.", AccountPnl),
 )
-#: The subscriptions: one NATS source partition each.
+#: The subscriptions: one source partition each.
 SUBJECTS: Final = (
     "orders.events.>",
     "fills.>",
@@ -98,6 +102,12 @@ SUBJECTS: Final = (
     "pnl.>",
     "risk.decisions.>",
     "tca.>",
+)
+#: The streams that hold them (trade2026/orderclient.py ORDER_PATH_STREAMS).
+STREAM_SUBJECTS: Final = (
+    ("ORDER_EVENTS", ("orders.events.>", "fills.>", "risk.decisions.>")),
+    ("PORTFOLIO", ("positions.>", "pnl.>")),
+    ("TCA", ("tca.>",)),
 )
 
 
@@ -111,13 +121,22 @@ class StoreFlowConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class _Decode:
-    """Message -> ``(table, record)`` or an ``Outgoing`` dead letter; counts ``in``."""
+    """Message -> ``(table, record)`` or an ``Outgoing`` dead letter; counts ``in``.
+
+    Records of a table in ``batch`` are also offered to that quality stage's batch
+    validator (its suite runs on a background thread), once they decoded and fit.
+    """
 
     def __init__(
-        self, config: StoreFlowConfig, tables: TableRegistry, accounting: Accounting
+        self,
+        config: StoreFlowConfig,
+        tables: TableRegistry,
+        accounting: Accounting,
+        batch: Mapping[str, BatchValidator] | None = None,
     ) -> None:
         self._cfg = config
         self._acct = accounting
+        self._batch = dict(batch or {})
         self._encode = msgspec.json.Encoder().encode
         self._decoders: dict[type, msgspec.json.Decoder[Any]] = {
             t: msgspec.json.Decoder(t) for _, t in ROUTES
@@ -134,9 +153,16 @@ class _Decode:
             if isinstance(rec, DeadLetter):
                 counts[(label, DEAD_LETTERED)] += 1
                 reasons.append(rec.reason)
-                out.append(Outgoing(DLQ_SUBJECT, self._encode(rec)))
+                out.append(dead_letter_out(STAGE, DLQ_SUBJECT, self._encode(rec), rec.reason, msg))
             else:
                 out.append((label, rec))
+        if self._batch:
+            by_table: dict[str, list[Any]] = {}
+            for item in out:
+                if isinstance(item, tuple) and item[0] in self._batch:
+                    by_table.setdefault(item[0], []).append(item[1])
+            for table, recs in by_table.items():
+                self._batch[table].offer_many(recs)
         self._acct.add(STAGE, counts)
         if reasons:
             self._acct.add_reasons(STAGE, reasons)
@@ -235,23 +261,32 @@ def _is_outgoing(item: object) -> TypeGuard[Outgoing]:
 
 
 def build_flow(
-    source: Source[Message],
+    source: Source[Message] | Sequence[Source[Message]],
     dlq_sink: Sink[Outgoing],
     *,
     writer_sink: Sink[Any] | None = None,
     config: StoreFlowConfig | None = None,
     accounting: Accounting | None = None,
     flow_id: str = "store",
+    batch_validators: Mapping[str, BatchValidator] | None = None,
 ) -> Dataflow:
-    """Wire decode -> per-table batches -> writer; dead letters to ``dlq_sink``."""
+    """Wire decode -> per-table batches -> writer; dead letters to ``dlq_sink``.
+
+    ``batch_validators`` (table name -> the quality stage's
+    :class:`~operators.quality.batch.BatchValidator`) runs the stage's batch suite over
+    what the store takes; the per-record rules ran where the records were made (the
+    orders flow), so nothing is judged or counted twice.
+    """
     from sinks.orderstore import order_store_registry
 
     cfg = config or StoreFlowConfig()
     acct = accounting if accounting is not None else Accounting()
     sink = writer_sink if writer_sink is not None else RecordWriterSink(acct)
     flow = Dataflow(flow_id)
-    msgs = op.input("in", flow, source)
-    decoded = op.flat_map_batch("decode", msgs, _Decode(cfg, order_store_registry(), acct))
+    msgs = merged_input(flow, source, hint="order-path sources")
+    decoded = op.flat_map_batch(
+        "decode", msgs, _Decode(cfg, order_store_registry(), acct, batch_validators)
+    )
     split = op.branch("split_dead_letters", decoded, _is_outgoing)
     op.output("dlq", split.trues, dlq_sink)
     keyed: Any = split.falses  # already (table, record): a keyed stream
@@ -262,37 +297,74 @@ def build_flow(
     return flow
 
 
-def _nats_source(ctx: RunContext) -> NatsSource:
-    from sources.nats import NatsSource
+def _sources(ctx: RunContext) -> SourceGroup:
+    """Every subject of :data:`SUBJECTS` from its stream, from the first message.
 
-    return NatsSource(
-        list(SUBJECTS), ctx.nats, stop_after=ctx.stop_after, idle_timeout_s=ctx.idle_timeout_s
+    A record published while the store was down is stored when it is back; with Bytewax
+    recovery each partition resumes from its snapshot, and the tables' keys drop what a
+    replayed epoch writes again.
+    """
+    from sources.nats import JetStreamSource
+    from trade2026.orderclient import SourceGroup, ensure_order_path
+
+    ensure_order_path(ctx.nats)
+    return SourceGroup(
+        *(
+            JetStreamSource(stream, list(subjects), ctx.nats, stop_after=ctx.stop_after)
+            for stream, subjects in STREAM_SUBJECTS
+        ),
+        idle_timeout_s=ctx.idle_timeout_s,
     )
 
 
-def build_store(ctx: RunContext, root: str) -> tuple[Dataflow, NatsSource]:
+def build_store(ctx: RunContext, root: str) -> tuple[Dataflow, SourceGroup]:
     """The store flow writing local Delta tables under ``<root>/orders/`` whatever the
-    environment says (the demo's embedded default), and its source, whose ``stats``
+    environment says (the demo's embedded default), and its sources, whose ``stats``
     hold one entry per subscribed subject once it listens."""
     from sinks.nats import NatsSink
     from sinks.orderstore import DeltaOrderWriter, OrderStoreConfig
 
-    source = _nats_source(ctx)
+    group = _sources(ctx)
 
     def make(_worker: int) -> RecordWriter:
         return DeltaOrderWriter(OrderStoreConfig(root=root))
 
     flow = build_flow(
-        source,
+        group.sources,
         NatsSink(ctx.nats),
         writer_sink=RecordWriterSink(ctx.accounting, make),
         accounting=ctx.accounting,
     )
-    return flow, source
+    return flow, group
 
 
-def production_flow(ctx: RunContext) -> Dataflow:
-    """``trade2026 run store``: QuestDB if ``QUESTDB_URL`` is set, else local Delta."""
+#: The quality stages whose batch suites run here instead of in the orders flow.
+BATCH_SUITES: Final = ("order_events", "fills")
+
+
+def production_flow(ctx: RunContext, *, batch_suites: bool = True) -> Dataflow:
+    """``trade2026 run store``: QuestDB if ``QUESTDB_URL`` is set, else local Delta.
+
+    With ``batch_suites`` the ``order_events`` and ``fills`` quality suites run here, on
+    the records the store persists anyway, rather than in the orders process, where
+    their validator threads took the GIL from the order path (docs/quality.md). A
+    replayed epoch offers its records again, so a suite may see a record twice after a
+    crash; the stored rows are de-duplicated, the suite results are not.
+    """
     from sinks.nats import NatsSink
 
-    return build_flow(_nats_source(ctx), NatsSink(ctx.nats), accounting=ctx.accounting)
+    validators: dict[str, BatchValidator] = {}
+    if batch_suites:
+        from flows.quality import production_quality
+
+        quality = production_quality(ctx, *BATCH_SUITES)
+        for stage in BATCH_SUITES:
+            v = quality.validator(stage)
+            if v is not None:
+                validators[stage] = v
+    return build_flow(
+        _sources(ctx).sources,
+        NatsSink(ctx.nats),
+        accounting=ctx.accounting,
+        batch_validators=validators,
+    )

@@ -55,7 +55,7 @@ from operators.tca import (
 )
 from schemas.canonical import DeadLetter, Fill, Order, OrderEvent, Quote, Tick
 from schemas.common import OrderStatus, OrderType
-from schemas.transport import Message, Outgoing
+from schemas.transport import MSG_ID_HEADER, Message, Outgoing
 from trade2026.accounting import (
     DEAD_LETTERED,
     DUPLICATE,
@@ -64,10 +64,11 @@ from trade2026.accounting import (
     UNKNOWN_INSTRUMENT,
     Accounting,
 )
+from trade2026.orderclient import content_msg_id, dead_letter_out
 
 if TYPE_CHECKING:
-    from sources.nats import NatsSource
     from trade2026.flowregistry import RunContext
+    from trade2026.orderclient import SourceGroup
 
 STAGE: Final = "tca"
 DLQ_SUBJECT: Final = f"dlq.{STAGE}"
@@ -131,7 +132,7 @@ class _Decode:
                 counts[(UNKNOWN_INSTRUMENT, IN)] += 1
                 counts[(UNKNOWN_INSTRUMENT, DEAD_LETTERED)] += 1
                 reasons.append(rec.reason)
-                out.append(Outgoing(DLQ_SUBJECT, self._encode(rec)))
+                out.append(dead_letter_out(STAGE, DLQ_SUBJECT, self._encode(rec), rec.reason, msg))
             elif rec.record is None:  # a trade or book delta: no mid in it
                 counts[(rec.instrument_id, IN)] += 1
                 counts[(rec.instrument_id, OUT)] += 1
@@ -200,8 +201,14 @@ class _TcaLogic(StatefulBatchLogic[_In, Outgoing, TcaFlowState]):
         return self._publish(self._eq.flush()), StatefulBatchLogic.RETAIN
 
     def _publish(self, results: list[TcaOutput]) -> list[Outgoing]:
+        # Results are a function of the restored state and the resumed input, so a
+        # replay repeats them byte for byte: their digest is their id.
         encode = self._encode
-        return [Outgoing(_subject(r), encode(r)) for r in results]
+        out = []
+        for r in results:
+            subject, data = _subject(r), encode(r)
+            out.append(Outgoing(subject, data, {MSG_ID_HEADER: content_msg_id(subject, data)}))
+        return out
 
     def _on_fill(self, fill: Fill) -> list[TcaOutput]:
         s = self._s
@@ -286,19 +293,30 @@ def build_flow(
 
 def build_production(
     ctx: RunContext, config: TcaFlowConfig | None = None
-) -> tuple[Dataflow, NatsSource]:
-    """The TCA flow over NATS, and its source (whose stats show when it subscribed)."""
-    from sinks.nats import NatsSink
-    from sources.nats import NatsSource
+) -> tuple[Dataflow, SourceGroup]:
+    """The TCA flow on the order path's streams, and its sources.
 
-    source = NatsSource(
-        [FILL_SUBJECT_PREFIX + ">", EVENT_SUBJECT_PREFIX + ">", TICK_SUBJECT_PREFIX + ">"],
+    Fills and order events from ``ORDER_EVENTS`` from the first message, quotes from
+    ``MD`` from the newest on a fresh start; with Bytewax recovery each resumes from its
+    snapshot. Results are published with core NATS and stored by ``TCA``.
+    """
+    from sinks.nats import NatsSink
+    from sources.nats import JetStreamSource
+    from trade2026.orderclient import SourceGroup, ensure_order_path
+
+    ensure_order_path(ctx.nats)
+    records = JetStreamSource(
+        "ORDER_EVENTS",
+        [FILL_SUBJECT_PREFIX + ">", EVENT_SUBJECT_PREFIX + ">"],
         ctx.nats,
         stop_after=ctx.stop_after,
-        idle_timeout_s=ctx.idle_timeout_s,
     )
-    flow = build_flow(source, NatsSink(ctx.nats), config=config, accounting=ctx.accounting)
-    return flow, source
+    ticks = JetStreamSource(
+        "MD", TICK_SUBJECT_PREFIX + ">", ctx.nats, deliver="new", stop_after=ctx.stop_after
+    )
+    group = SourceGroup(records, ticks, idle_timeout_s=ctx.idle_timeout_s)
+    flow = build_flow(group.sources, NatsSink(ctx.nats), config=config, accounting=ctx.accounting)
+    return flow, group
 
 
 def production_flow(ctx: RunContext) -> Dataflow:

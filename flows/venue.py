@@ -7,7 +7,8 @@ The orders flow addresses each command to the instrument's listing venue
 commands for (``VenueFlowConfig.command_subject`` narrows that). Output is an
 :class:`~schemas.orders.ExecutionReport` per venue event on ``exec.reports.<venue>``
 (``SIM`` by default), the same contract a real venue adapter speaks, so the orders flow
-cannot tell simulation from production.
+cannot tell simulation from production. In production both inputs come, already
+interleaved, from the ``VENUE_IN`` stream (:func:`build_production`).
 
 Shape::
 
@@ -86,10 +87,11 @@ from trade2026.accounting import (
     UNKNOWN_INSTRUMENT,
     Accounting,
 )
+from trade2026.orderclient import dead_letter_out
 
 if TYPE_CHECKING:
-    from sources.nats import NatsSource
     from trade2026.flowregistry import RunContext
+    from trade2026.orderclient import SourceGroup
 
 STAGE: Final = "venue"
 DLQ_SUBJECT: Final = f"dlq.{STAGE}"
@@ -181,7 +183,7 @@ class _Decode:
                 counts[(inst, IN)] += 1
                 counts[(inst, DEAD_LETTERED)] += 1
                 reasons.append(rec.reason)
-                out.append(Outgoing(DLQ_SUBJECT, self._encode(rec)))
+                out.append(dead_letter_out(STAGE, DLQ_SUBJECT, self._encode(rec), rec.reason, msg))
             elif isinstance(rec, BookDelta):  # not used by a top-of-book venue
                 counts[(rec.instrument_id, IN)] += 1
                 counts[(rec.instrument_id, OUT)] += 1
@@ -268,7 +270,8 @@ class _RouteLogic(StatefulBatchLogic[_Decoded, "_Routed | Outgoing", RouteState]
                         item.instrument_id,
                         item.ts_recv,
                     )
-                    out.append(Outgoing(DLQ_SUBJECT, self._encode(dead)))
+                    # A tick's dead letter repeats byte for byte (its fields are the tick's).
+                    out.append(dead_letter_out(STAGE, DLQ_SUBJECT, self._encode(dead), dead.reason))
                 continue
             cmd = item.command
             label = item.instrument_id or UNKNOWN_INSTRUMENT
@@ -452,20 +455,29 @@ def build_flow(
 
 def build_production(
     ctx: RunContext, config: VenueFlowConfig | None = None
-) -> tuple[Dataflow, NatsSource]:
-    """The venue flow over NATS, and its source (whose stats show when it subscribed)."""
-    from sinks.nats import NatsSink
-    from sources.nats import NatsSource
+) -> tuple[Dataflow, SourceGroup]:
+    """The venue flow on the order path's streams, and its source.
 
+    One input, the ``VENUE_IN`` stream, which the server fills from ``VENUE`` (commands)
+    and ``MD`` (ticks) in arrival order (trade2026/orderclient.py ``VENUE_IN_STREAM``),
+    read from its first message as one partition: a command sent while the venue was
+    down is executed when it is back, and with Bytewax recovery a restart reads the
+    commands and ticks after its snapshot in the order it read them the first time, so
+    it repeats the same executions with the same exec ids. Reports are published with
+    core NATS and stored by ``EXEC``, named ``<venue>:<exec id>``.
+    """
+    from sinks.nats import NatsSink
+    from sources.nats import JetStreamSource
+    from trade2026.orderclient import VENUE_IN_STREAM, SourceGroup, ensure_order_path
+
+    ensure_order_path(ctx.nats)
     cfg = config or VenueFlowConfig()
-    source = NatsSource(
-        [cfg.command_subject, TICK_SUBJECT_PREFIX + ">"],
-        ctx.nats,
-        stop_after=ctx.stop_after,
-        idle_timeout_s=ctx.idle_timeout_s,
+    source = JetStreamSource(VENUE_IN_STREAM, ">", ctx.nats, stop_after=ctx.stop_after)
+    group = SourceGroup(
+        source, idle_timeout_s=ctx.idle_timeout_s, carries=("venue.commands", "md.ticks")
     )
-    flow = build_flow(source, NatsSink(ctx.nats), config=cfg, accounting=ctx.accounting)
-    return flow, source
+    flow = build_flow(group.sources, NatsSink(ctx.nats), config=cfg, accounting=ctx.accounting)
+    return flow, group
 
 
 def production_flow(ctx: RunContext) -> Dataflow:

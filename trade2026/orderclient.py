@@ -19,17 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
 import time
 from collections.abc import Callable
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 import msgspec
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from schemas.orders import (
     CancelOrder,
@@ -40,6 +44,7 @@ from schemas.orders import (
     RiskDecision,
     SubmitOrder,
 )
+from schemas.transport import MSG_ID_HEADER, Message, Outgoing
 from trade2026.natsconf import NatsConfig
 
 __all__ = [
@@ -47,9 +52,17 @@ __all__ = [
     "ORDERS_STREAM",
     "ORDERS_SUBJECTS",
     "ORDER_ID_HEADER",
+    "ORDER_PATH_STREAMS",
     "REPLY_TO_HEADER",
+    "VENUE_IN_STREAM",
     "OrderClient",
     "OrderTimeout",
+    "SourceGroup",
+    "StreamLimits",
+    "content_msg_id",
+    "dead_letter_out",
+    "ensure_order_path",
+    "ensure_order_path_streams",
     "ensure_order_streams",
 ]
 
@@ -63,6 +76,70 @@ ORDERS_SUBJECTS = (SUBMIT_SUBJECT, CANCEL_SUBJECT, REPLACE_SUBJECT, CONTROL_SUBJ
 REPLY_TO_HEADER = "T26-Reply-To"
 #: The order id (``<account>:<client order id>``) on ``venue.commands.<venue>``.
 ORDER_ID_HEADER = "T26-Order-Id"
+
+#: The streams that capture the order path's outputs, by name (ORDERS above is its input).
+#: Producers keep publishing with core NATS (one flush per batch); a stream stores any
+#: message on a subject it captures and drops a repeated ``Nats-Msg-Id`` within its
+#: duplicate window, whoever published it. So a flow that was down reads what its peers
+#: published meanwhile, and a replayed epoch's outputs are stored once. No subject may
+#: be captured twice (JetStream refuses overlapping streams): ``orders.events.>`` and
+#: ``orders.alerts`` do not overlap ORDERS' four subjects, and ``dlq.>``, ``md.ticks.>``
+#: belong to the pipeline's DLQ and MD streams (flows/pipeline.py STREAMS).
+ORDER_PATH_STREAMS: dict[str, list[str]] = {
+    "VENUE": ["venue.commands.>"],
+    "EXEC": ["exec.reports.>"],
+    "ORDER_EVENTS": ["orders.events.>", "orders.alerts", "risk.decisions.>", "fills.>"],
+    "PORTFOLIO": ["positions.>", "pnl.>"],
+    "TCA": ["tca.>"],
+}
+#: The venue's one input: a stream that *sources* ``VENUE`` and ``md.ticks.>`` of ``MD``
+#: (no subjects of its own). The server fixes the interleaving of commands and ticks
+#: once, as it copies them, so a venue restarted from a snapshot reads them again in the
+#: same order and makes the same executions with the same exec ids. Two separate
+#: consumers would race: a replay could match a command against other ticks than the
+#: first time, and the same exec id would name a different execution (one dropped by
+#: the duplicate window, another stored twice). Ticks are copied from the stream's
+#: creation on, not MD's history.
+VENUE_IN_STREAM = "VENUE_IN"
+#: The pipeline streams the order path reads or writes as well.
+_PIPELINE_STREAMS = ("MD", "DLQ")
+MAX_AGE_ENV = "TRADE2026_STREAM_MAX_AGE_S"
+MAX_BYTES_ENV = "TRADE2026_STREAM_MAX_BYTES"
+_DEFAULT_MAX_AGE_S = 7 * 86_400.0
+_DEFAULT_MAX_BYTES = 8 * 1024**3
+
+
+class StreamLimits(msgspec.Struct, frozen=True):
+    """How much each order-path stream keeps (per stream; the oldest messages go first).
+
+    The bound is what a flow may be down for and still catch up: a consumer that was
+    away longer than ``max_age_s``, or while more than ``max_bytes`` was published,
+    finds the oldest part gone. Seven days and 8 GiB cover a weekend's outage at the
+    soak's load (2,000 orders/s, ~1 KB of events, reports and fills per order fills
+    8 GiB in about an hour on ``ORDER_EVENTS``, so raise it for a sustained load).
+    0 means unlimited. Only applied when a stream is created; ``MD`` and ``DLQ`` are
+    the pipeline's and keep its settings.
+    """
+
+    max_age_s: float = _DEFAULT_MAX_AGE_S
+    max_bytes: int = _DEFAULT_MAX_BYTES
+
+    @classmethod
+    def from_env(cls) -> StreamLimits:
+        """``TRADE2026_STREAM_MAX_AGE_S`` and ``TRADE2026_STREAM_MAX_BYTES`` override."""
+        age = os.environ.get(MAX_AGE_ENV)
+        size = os.environ.get(MAX_BYTES_ENV)
+        try:
+            return cls(
+                max_age_s=float(age) if age else _DEFAULT_MAX_AGE_S,
+                max_bytes=int(size) if size else _DEFAULT_MAX_BYTES,
+            )
+        except ValueError:
+            raise ValueError(
+                f"stream limits: {MAX_AGE_ENV}={age!r} / {MAX_BYTES_ENV}={size!r}; "
+                "hint: seconds (a number) and bytes (an integer), 0 for unlimited"
+            ) from None
+
 
 _decision = msgspec.json.Decoder(RiskDecision)
 _control = msgspec.json.Decoder(ControlCommand)
@@ -99,6 +176,208 @@ async def ensure_order_streams(js: JetStreamContext) -> js_api.StreamInfo:
         return info
     # Storage type cannot change in place; subjects and no_ack can.
     return await js.update_stream(cfg.evolve(subjects=want_subjects, no_ack=True))
+
+
+async def ensure_order_path_streams(
+    js: JetStreamContext, limits: StreamLimits | None = None
+) -> None:
+    """Create every stream the order path runs on: ORDERS, the capture streams
+    (:data:`ORDER_PATH_STREAMS`) and the pipeline's ``MD`` and ``DLQ``.
+
+    Idempotent; every order-path flow calls it at start, so whichever starts first
+    creates what the others read, and nothing published before a consumer starts is lost.
+    Existing streams are left as they are (limits apply at creation).
+    """
+    from flows.pipeline import STREAMS, ensure_streams
+
+    lim = limits or StreamLimits.from_env()
+    await ensure_order_streams(js)
+    wanted = {name: STREAMS[name] for name in _PIPELINE_STREAMS} | ORDER_PATH_STREAMS
+    try:
+        # MD and DLQ exactly as the market-data flows make them (whoever comes first).
+        await ensure_streams(js, {name: STREAMS[name] for name in _PIPELINE_STREAMS})
+        await ensure_streams(
+            js, ORDER_PATH_STREAMS, max_age_s=lim.max_age_s, max_bytes=lim.max_bytes
+        )
+        await _ensure_venue_in(js, lim)
+    except BadRequestError as exc:
+        raise RuntimeError(
+            f"order path streams: {exc}; hint: a stream not made by trade2026 captures one of "
+            f"{sorted(s for subs in wanted.values() for s in subs)}; JetStream refuses "
+            "overlapping subjects, so remove or narrow it"
+        ) from exc
+
+
+async def _ensure_venue_in(js: JetStreamContext, lim: StreamLimits) -> None:
+
+    try:
+        await js.stream_info(VENUE_IN_STREAM)
+        return
+    except NotFoundError:
+        pass
+    md_last = int((await js.stream_info("MD")).state.last_seq)
+    try:
+        await _add_venue_in(js, lim, md_last)
+    except BadRequestError as exc:
+        # Made by another flow starting at the same time (its start sequence differs).
+        try:
+            await js.stream_info(VENUE_IN_STREAM)
+        except NotFoundError:
+            raise exc from None
+
+
+async def _add_venue_in(js: JetStreamContext, lim: StreamLimits, md_last: int) -> None:
+    from flows.pipeline import DUPLICATE_WINDOW
+
+    await js.add_stream(
+        js_api.StreamConfig(
+            name=VENUE_IN_STREAM,
+            sources=[
+                js_api.StreamSource(name="VENUE"),
+                js_api.StreamSource(
+                    name="MD", filter_subject="md.ticks.>", opt_start_seq=md_last + 1
+                ),
+            ],
+            storage=js_api.StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW.total_seconds(),
+            max_age=lim.max_age_s or None,
+            max_bytes=lim.max_bytes or None,
+            discard=js_api.DiscardPolicy.OLD,
+        )
+    )
+
+
+def ensure_order_path(config: NatsConfig, limits: StreamLimits | None = None) -> None:
+    """:func:`ensure_order_path_streams` from synchronous code (a flow being built)."""
+    from trade2026.natsloop import NatsLoop
+    from trade2026.natsloop import connect as nats_connect
+
+    async def go() -> None:
+        nc = await nats_connect(config, step="order path: ensure streams")
+        try:
+            await ensure_order_path_streams(nc.jetstream(), limits)
+        finally:
+            await nc.close()
+
+    loop = NatsLoop.acquire()
+    try:
+        loop.run(go(), timeout_s=config.connect_timeout_s + 10.0)
+    finally:
+        NatsLoop.release(loop)
+
+
+class _IdleClock:
+    """When any partition of a group last took a message (monotonic; scheduling only)."""
+
+    def __init__(self, timeout_s: float | None) -> None:
+        self.timeout_s = timeout_s
+        self.last = time.monotonic()
+
+    def idle(self) -> bool:
+        return self.timeout_s is not None and time.monotonic() - self.last >= self.timeout_s
+
+
+class _GroupPartition(StatefulSourcePartition[Message, Any]):
+    def __init__(self, inner: StatefulSourcePartition[Message, Any], clock: _IdleClock) -> None:
+        self._inner = inner
+        self._clock = clock
+
+    def next_batch(self) -> list[Message]:
+        batch = list(self._inner.next_batch())
+        if batch:
+            self._clock.last = time.monotonic()
+        elif self._clock.idle():
+            raise StopIteration
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        return self._inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _GroupSource(FixedPartitionedSource[Message, Any]):
+    """One source of a :class:`SourceGroup`: its partitions end with the group's."""
+
+    def __init__(self, inner: Any, clock: _IdleClock) -> None:
+        self.inner = inner
+        self.stream: str = getattr(inner, "stream", "core")
+        self._clock = clock
+
+    @property
+    def stats(self) -> Any:
+        return self.inner.stats
+
+    def list_parts(self) -> list[str]:
+        return list(self.inner.list_parts())
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: Any
+    ) -> StatefulSourcePartition[Message, Any]:
+        self._clock.last = time.monotonic()  # the quiet spell starts with the flow
+        return _GroupPartition(self.inner.build_part(step_id, for_part, resume_state), self._clock)
+
+
+class SourceGroup:
+    """The JetStream inputs of one flow, which go idle together.
+
+    ``idle_timeout_s`` (tests, batch runs) ends every partition once *none* of them has
+    taken a message for that long. A per-partition timeout would end a sparse input
+    (commands, fills, reports) during a quiet spell while the ticks go on, and what it
+    missed would wait for the next run. Build each ``JetStreamSource`` without its own
+    idle timeout. ``stats`` has one entry per subscribed partition
+    (``<stream>/<partition>``), for whoever waits until the flow listens.
+    """
+
+    def __init__(
+        self,
+        *sources: Any,
+        idle_timeout_s: float | None = None,
+        carries: tuple[str, ...] = (),
+    ) -> None:
+        clock = _IdleClock(idle_timeout_s)
+        self.sources: list[Any] = [_GroupSource(s, clock) for s in sources]
+        self._carries = carries
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """One entry per partition once it subscribed; with ``carries`` (one source over a
+        stream that aggregates several inputs, like ``VENUE_IN``), one per input it
+        carries, so a caller waiting for "commands and ticks" sees both."""
+        parts = {f"{s.stream}/{k}": v for s in self.sources for k, v in dict(s.stats).items()}
+        if not self._carries:
+            return parts
+        return {f"{k}/{c}": v for k, v in parts.items() for c in self._carries}
+
+
+def content_msg_id(subject: str, data: bytes) -> str:
+    """A ``Nats-Msg-Id`` from subject and bytes, for an output without a domain id
+    (alerts, tick-derived dead letters): a replay repeats it byte for byte, so the id."""
+    h = hashlib.blake2b(subject.encode(), digest_size=16)
+    h.update(b"\0")
+    h.update(data)
+    return "h:" + h.hexdigest()
+
+
+def dead_letter_out(
+    stage: str, dlq_subject: str, data: bytes, reason: str, msg: Message | None = None
+) -> Outgoing:
+    """A dead letter with its ``Nats-Msg-Id``: ``dl:<stage>:<input subject>:<stream
+    seq>:<reason>`` when the refused input has a stream sequence, else its content.
+
+    Named by the input, not by its own bytes, because a dead letter's ``ts_recv`` is the
+    wall clock when the input carried no ``T26-Recv-Ns`` header, so a replayed dead
+    letter can differ in that field.
+    """
+    if msg is not None and msg.seq:
+        msg_id = f"dl:{stage}:{msg.subject}:{msg.seq}:{reason}"
+    else:
+        msg_id = content_msg_id(dlq_subject, data)
+    return Outgoing(dlq_subject, data, {MSG_ID_HEADER: msg_id})
 
 
 class OrderClient:

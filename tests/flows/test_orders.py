@@ -23,6 +23,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import run_main
 
 from flows.orders import DLQ_SUBJECT, STAGE, build_flow
+from operators.quality.tap import QualityConfig
 from operators.risk_config import AccountLimits, RiskLimits
 from schemas.canonical import Fill, OrderEvent
 from schemas.common import OrderType, Side
@@ -71,7 +72,9 @@ def order(cid: str, account: str = "alice", **kw: Any) -> SubmitOrder:
 class FlowRun:
     """One orders flow in a thread, over the test's own server; stops when inputs go idle."""
 
-    def __init__(self, url: str, recovery_dir: Path | None = None) -> None:
+    def __init__(
+        self, url: str, recovery_dir: Path | None = None, quality: QualityConfig | None = None
+    ) -> None:
         self.config = NatsConfig(servers=(url,))
         self.accounting = Accounting()
         wait = timedelta(microseconds=500)
@@ -91,6 +94,7 @@ class FlowRun:
             market_data=self.sources[3],
             limits=LIMITS,
             accounting=self.accounting,
+            quality=quality,
         )
         kwargs: dict[str, Any] = {"epoch_interval": timedelta(milliseconds=EPOCH_MS)}
         if recovery_dir is not None:
@@ -362,6 +366,88 @@ def test_execution_reports_fill_the_order_dedupe_and_dead_letter(own_nats_server
     count = run.accounting.stage(STAGE)
     # in: 2 submits + 6 reports + 4 cancel/replace = 12; one duplicate, two dead letters.
     assert (count.records_in, count.out, count.dead_lettered, count.duplicates) == (12, 9, 2, 1)
+
+
+def test_quality_gate_dead_letters_a_bad_fill_and_passes_the_rest(own_nats_server) -> None:  # type: ignore[no-untyped-def]
+    """A venue report without a fee currency makes a Fill the fills rule refuses: it goes
+    to dlq.fills with its original bytes instead of fills.alice. The DENIED event of an
+    order for an unknown instrument is refused likewise; everything else passes, including
+    the refusal of a cancel that came after the fill."""
+    url = own_nats_server.url
+    _ensure_stream(url)
+    with FlowRun(url, quality=QualityConfig()) as run:
+
+        async def main() -> Tap:
+            nc, client, tap = await _session(url)
+            denied = await client.submit(order("q0", instrument_id="NOPE.BINANCE"))
+            assert (denied.approved, denied.reason) == (False, "UNKNOWN_INSTRUMENT")
+            assert (await client.submit(order("q1", quantity=Decimal("0.75")))).approved
+            ids = {"venue_order_id": "alice:q1", "client_order_id": "q1", "account_id": "alice"}
+            await nc.publish("exec.reports.SIM", _report("e1", ExecType.NEW, **ids))
+            for exec_id, qty, currency in (("e2", "0.25", ""), ("e3", "0.5", "USDT")):
+                await nc.publish(
+                    "exec.reports.SIM",
+                    _report(
+                        exec_id,
+                        ExecType.TRADE,
+                        **ids,
+                        last_qty=Decimal(qty),
+                        last_px=Decimal("45000.00"),
+                        fee=Decimal("0.01"),
+                        fee_currency=currency,
+                    ),
+                )
+            await tap.wait_for(lambda: len(tap.on("fills.alice")) >= 1)
+            await tap.wait_for(lambda: len(tap.on("dlq.fills")) >= 1)
+            await tap.wait_for(lambda: len(tap.on("dlq.order_events")) >= 1)
+            await tap.wait_for(lambda: len(events(tap, "alice")) >= 4)
+            # A cancel racing the fill: refused, and its event must still be published
+            # (the rule's "nothing after a terminal state" is not for refusals).
+            late = await client.cancel(CancelOrder(account_id="alice", client_order_id="q1"))
+            assert (late.approved, late.reason) == (False, "ORDER_NOT_OPEN")
+            await tap.wait_for(lambda: len(events(tap, "alice")) >= 5)
+            await asyncio.sleep(0.2)
+            await client.close()
+            await nc.close()
+            return tap
+
+        tap = asyncio.run(main())
+
+    assert [e.event for e in events(tap, "alice")] == [
+        "SUBMITTED",
+        "ACCEPTED",
+        "PARTIALLY_FILLED",
+        "FILLED",
+        "CANCEL_REJECTED",
+    ]
+    assert tap.on("dlq.orders") == []
+    assert len(tap.on("venue.commands.BINANCE")) == 1
+    # The denial's own event names an unknown instrument: the order_events rule refuses it.
+    (refused,) = [msgspec.json.decode(d) for d in tap.on("dlq.order_events")]
+    assert (refused["stage"], refused["reason"]) == ("order_events", "UNKNOWN_INSTRUMENT")
+    event = msgspec.json.decode(base64.b64decode(refused["payload"]), type=OrderEvent)
+    assert (event.client_order_id, event.event) == ("q0", "DENIED")
+    (good,) = [msgspec.json.decode(d, type=Fill) for d in tap.on("fills.alice")]
+    assert (good.exec_id, good.quantity, good.fee_currency) == ("e3", Decimal("0.5"), "USDT")
+    (dead,) = [msgspec.json.decode(d) for d in tap.on("dlq.fills")]
+    assert (dead["stage"], dead["reason"], dead["subject"]) == (
+        "fills",
+        "MISSING_FIELD",
+        "fills.alice",
+    )
+    bad = msgspec.json.decode(base64.b64decode(dead["payload"]), type=Fill)
+    assert (bad.exec_id, bad.quantity, bad.fee_currency) == ("e2", Decimal("0.25"), "")
+    judged = {
+        stage: run.accounting.stage(f"quality.{stage}")
+        for stage in ("orders", "order_events", "fills")
+    }
+    assert {s: (c.records_in, c.out, c.dead_lettered) for s, c in judged.items()} == {
+        "orders": (1, 1, 0),
+        "order_events": (5, 4, 1),
+        "fills": (2, 1, 1),
+    }
+    count = run.accounting.stage(STAGE)
+    assert (count.records_in, count.out, count.dead_lettered, count.duplicates) == (6, 6, 0, 0)
 
 
 def test_identical_retry_gets_the_same_answer_and_no_second_venue_command(own_nats_server) -> None:  # type: ignore[no-untyped-def]

@@ -243,3 +243,34 @@ def test_build_store_persists_what_is_published_on_nats(own_nats_server, tmp_pat
         assert len(table(tmp_path, name)) == 1, name
     total = acct.stage(STAGE)
     assert (total.records_in, total.out, total.dead_lettered) == (7, 6, 1)
+
+
+def test_batch_suites_see_every_stored_order_event_and_fill_once_decoded(tmp_path: Path) -> None:
+    """The store runs the order_events and fills batch suites (off the orders process):
+    every record that decoded and fits is offered, nothing is judged per record here."""
+    from operators.quality.tap import Quality, QualityConfig
+    from schemas.instruments import load_instruments
+
+    quality = Quality(
+        QualityConfig(store=str(tmp_path / "quality"), stages=("order_events", "fills")),
+        load_instruments(),
+        clock=lambda: T0,
+    )
+    validators = {s: quality.validator(s) for s in ("order_events", "fills")}
+    acct = Accounting()
+    sink = RecordWriterSink(acct, lambda _i: DeltaOrderWriter(OrderStoreConfig(root=str(tmp_path))))
+    run_main(
+        build_flow(
+            TestingSource(messages(), batch_size=4),
+            TestingSink([]),
+            writer_sink=sink,
+            accounting=acct,
+            batch_validators={k: v for k, v in validators.items() if v is not None},
+        )
+    )
+    stats = quality.close(30)
+    bad = {d for s, d, _ in BAD}
+    for stage, prefix in (("order_events", "orders.events."), ("fills", "fills.")):
+        good = [m for m in messages() if m.subject.startswith(prefix) and m.data not in bad]
+        assert stats[stage].offered_rows == len(good) > 0, (stage, stats[stage])
+    assert not [s for s in acct.stages() if s.startswith("quality.")]

@@ -84,3 +84,58 @@ def test_a_closed_client_says_how_to_connect() -> None:
     client = OrderClient(NatsConfig(servers=("nats://127.0.0.1:1",)))
     with pytest.raises(RuntimeError, match="async with OrderClient"):
         _ = client.nc
+
+
+def test_order_path_streams_are_made_once_even_by_flows_starting_together(own_nats_server) -> None:  # type: ignore[no-untyped-def]
+    from trade2026.orderclient import ensure_order_path_streams
+
+    subjects = [
+        "orders.submit", "venue.commands.BINANCE", "exec.reports.SIM", "orders.events.a",
+        "orders.alerts", "risk.decisions.a", "fills.a", "positions.a", "pnl.a",
+        "tca.fills.a", "md.ticks.X", "dlq.orders",
+    ]  # fmt: skip
+
+    async def main() -> dict[str, int]:
+        nc = await connect(NatsConfig(servers=(own_nats_server.url,)))
+        js = nc.jetstream()
+        # Four flows starting at once each make sure the streams exist.
+        await asyncio.gather(*(ensure_order_path_streams(js) for _ in range(4)))
+        for s in subjects:  # a plain core publish, as the flows' sinks do
+            await nc.publish(s, b"{}")
+        await nc.flush()
+        # VENUE_IN copies from VENUE and MD asynchronously: poll, bounded.
+        for _ in range(500):
+            if (await js.stream_info("VENUE_IN")).state.messages >= 2:
+                break
+            await asyncio.sleep(0.01)
+        names = [n async for n in _stream_names(js)]
+        counts = {n: int((await js.stream_info(n)).state.messages) for n in names}
+        await nc.close()
+        return counts
+
+    counts = asyncio.run(main())
+    # Each subject stored by exactly one capture stream; VENUE_IN holds copies of the
+    # venue command and the tick.
+    assert counts.pop("VENUE_IN") == 2
+    assert sum(counts.values()) == len(subjects), counts
+
+
+def test_a_stream_overlapping_the_order_path_is_named_in_the_error(own_nats_server) -> None:  # type: ignore[no-untyped-def]
+    from trade2026.orderclient import ensure_order_path_streams
+
+    async def main() -> None:
+        nc = await connect(NatsConfig(servers=(own_nats_server.url,)))
+        js = nc.jetstream()
+        await js.add_stream(name="MINE", subjects=["fills.>"])
+        try:
+            await ensure_order_path_streams(js)
+        finally:
+            await nc.close()
+
+    with pytest.raises(RuntimeError, match="overlapping subjects"):
+        asyncio.run(main())
+
+
+async def _stream_names(js: Any) -> Any:
+    for info in await js.streams_info():
+        yield info.config.name

@@ -49,7 +49,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Iterator
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Generic, TypeVar
 
 import msgspec
@@ -67,6 +67,11 @@ from schemas.orders import (
 
 NANOS_PER_DAY = 86_400 * 1_000_000_000
 _ZERO = Decimal(0)
+#: avg_px keeps at most 18 fractional digits (the stores' decimal(38, 18)).
+_AVG_PX_EXPONENT = -18
+_AVG_PX_QUANTUM = Decimal(1).scaleb(_AVG_PX_EXPONENT)
+#: Wide enough that neither the division nor the quantize rounds anything else.
+_AVG_CTX = Context(prec=60, rounding=ROUND_HALF_EVEN)
 
 S = OrderStatus
 TERMINAL = frozenset({S.FILLED, S.CANCELED, S.REJECTED, S.DENIED, S.EXPIRED})
@@ -197,7 +202,19 @@ class OrderRecord(msgspec.Struct, gc=False, array_like=True, omit_defaults=True)
 
     @property
     def avg_px(self) -> Decimal | None:
-        return self.notional / self.cum_qty if self.cum_qty else None
+        """Exact when the quotient has at most 18 fractional digits, else rounded half-even.
+
+        Prices are stored as decimal(38, 18) (QuestDB and Delta): an unrounded quotient
+        such as (100.00 + 2 x 100.01) / 3 would not fit and its event would be
+        dead-lettered. The average is a report; cum_qty and notional stay exact.
+        """
+        if not self.cum_qty:
+            return None
+        avg = _AVG_CTX.divide(self.notional, self.cum_qty)
+        exponent = avg.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < _AVG_PX_EXPONENT:
+            avg = avg.quantize(_AVG_PX_QUANTUM, context=_AVG_CTX)
+        return avg
 
 
 class _Entry(msgspec.Struct, array_like=True):

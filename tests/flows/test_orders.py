@@ -343,7 +343,7 @@ def test_execution_reports_fill_the_order_dedupe_and_dead_letter(own_nats_server
     done = f1[3]
     assert done.cum_qty == Decimal("0.75") and done.leaves_qty == 0
     # (0.25 * 45000.00 + 0.5 * 44999.99) / 0.75 = 33749.995 / 0.75
-    assert done.avg_px == Decimal("44999.99333333333333333333333")
+    assert done.avg_px == Decimal("44999.993333333333333333")  # 18 places, half-even
     fills = [msgspec.json.decode(d, type=Fill) for d in tap.on("fills.alice")]
     assert [
         (f.exec_id, f.quantity, f.price, f.fee, f.fee_currency, f.liquidity) for f in fills

@@ -586,13 +586,6 @@ def _sanity(
     assert {s for s, _ in outputs["DLQ"]} <= {"dlq.store"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="operators/orders.py OrderRecord.avg_px divides without quantizing: a partly filled "
-    "order's average price can have more fractional digits than the order store's exact "
-    "decimal(38, 18), so the store dead-letters the OrderEvent (40 of 251 order events of the "
-    "kill test's script over 12,000 ticks)",
-)
 def test_average_price_fits_the_order_store() -> None:
     from operators.orders import OrderManager
     from schemas.orders import ExecType, ExecutionReport, RiskAction
@@ -621,7 +614,8 @@ def test_average_price_fits_the_order_store() -> None:
     (event,) = report(3, ExecType.TRADE, last_qty=Decimal(2), last_px=Decimal("100.01"))
     assert isinstance(event, OrderEvent) and event.event == "FILLED"
     spec = order_store_registry().for_record(event)
-    spec.split(event, "decimal")  # raises RowError(DECIMAL_OUT_OF_RANGE) today
+    spec.split(event, "decimal")  # raised RowError(DECIMAL_OUT_OF_RANGE) before rounding
+    assert event.avg_px == Decimal("100.006666666666666667")
 
 
 def test_portfolio_output_does_not_depend_on_batch_boundaries() -> None:

@@ -159,12 +159,26 @@ class _CoreSinkPartition(_SinkPartition, StatelessSinkPartition[Outgoing]):
         nc = self._nc
         assert nc is not None
         deadline = time.monotonic() + self._outage_timeout_s
-        await self._wait_connected(deadline)
         publish = nc.publish
-        for item in items:
-            await publish(item.subject, item.data, headers=item.headers)
-        if nc.is_connected:
-            await nc.flush(int(max(1, self._outage_timeout_s)))
+        while True:
+            await self._wait_connected(deadline)
+            # Bytes written to a socket that then dies are gone without an error, and a
+            # flush only vouches for the connection it runs on. So a batch that saw a
+            # reconnect is published again (receivers de-duplicate on Nats-Msg-Id) until
+            # one connection carried all of it and answered the flush.
+            reconnects = self.stats.reconnects
+            for item in items:
+                await publish(item.subject, item.data, headers=item.headers)
+            await self._wait_connected(deadline)
+            try:
+                await nc.flush(int(max(1, deadline - time.monotonic())))
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                continue
+            if self.stats.reconnects == reconnects:
+                break
+            self.stats.retried += len(items)
         self.stats.published += len(items)
         self.stats.batches += 1
 
@@ -176,8 +190,11 @@ class _CoreSinkPartition(_SinkPartition, StatelessSinkPartition[Outgoing]):
 class NatsSink(DynamicSink[Outgoing]):
     """Publish each :class:`Outgoing` with core NATS; one flush per batch.
 
-    Core NATS is at-most-once: if the server dies between our flush and its fan-out,
-    the batch is gone. Use :class:`JetStreamSink` for anything that must be kept.
+    A batch that saw a reconnect before its flush answered is published again, so
+    what reaches the server is at-least-once (a capturing stream drops the repeats by
+    ``Nats-Msg-Id``; a plain core subscriber may see them twice). Core NATS itself is
+    at-most-once: if the server dies after our flush, before its fan-out, the batch is
+    gone. Use :class:`JetStreamSink` where the publisher must know it was stored.
     ``outage_timeout_s`` is how long a batch waits for a reconnect before the step
     fails.
     """

@@ -92,7 +92,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from operators.execreports import ExecReportMatcher
-from operators.orders import TERMINAL, BoundedLog, OrderManager
+from operators.orders import BoundedLog, OrderManager
 from operators.risk import AccountRisk, MarketView, RiskContext
 from operators.risk_config import DEFAULT_PATH, RiskConfigWatcher, RiskLimits
 from schemas.canonical import DeadLetter, Fill, OrderEvent, Position, Quote, Tick, TradeTick
@@ -672,18 +672,6 @@ class _AccountState(msgspec.Struct):
 _reply_chunk = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]])
 
 
-_REQUEST_REFUSALS = frozenset({"CANCEL_REJECTED", "REPLACE_REJECTED"})
-
-
-def _refused_when_done(ev: OrderEvent) -> bool:
-    """A cancel or replace refused because the order had already finished (a cancel racing
-    a fill is ordinary). The event repeats the finished state, changes nothing, and the
-    ``order_events`` rule's "nothing after a terminal state" would dead-letter it, hiding
-    the refusal from ``orders.events``: such events pass unjudged until the rule lets them
-    through."""
-    return ev.event in _REQUEST_REFUSALS and ev.status in TERMINAL
-
-
 class _Judges:
     """The per-record quality gate (docs/quality.md) over what the accounts publish: order
     events (stage ``order_events``), fills (``fills``) and new orders sent to a venue
@@ -695,7 +683,6 @@ class _Judges:
     original bytes) and ``quality.<stage>`` accounting, without a second decode. In one
     interleaved in-process run (docs/benchmarks.md) the ``OutgoingGate`` shape cost +39 %
     CPU per order and this one +27 %; the rest is the rules themselves.
-    :func:`_refused_when_done` events pass unjudged.
 
     A failing record is replaced by its dead letter, so a refused venue command is not
     sent and that order then waits on the venue side: risk refuses everything the
@@ -851,7 +838,7 @@ class _AccountLogic(StatefulBatchLogic[_ToAccount, list[Outgoing], bytes]):
                 self._risk.on_order_event(res)
                 item = _with_id(self._events, _encode(res), f"oe:{res.order_id}:{res.seq}")
                 j = self._judges
-                if j is not None and j.events is not None and not _refused_when_done(res):
+                if j is not None and j.events is not None:
                     item = j.judge(j.events, item, res)
                 out.append(item)
             else:

@@ -24,7 +24,8 @@ from bytewax.dataflow import Stream
 
 from operators.quality.tap import Quality, QualityTap
 from schemas.canonical import DeadLetter
-from schemas.transport import Outgoing
+from schemas.transport import MSG_ID_HEADER, Outgoing
+from trade2026.orderclient import content_msg_id
 
 if TYPE_CHECKING:
     from trade2026.flowregistry import RunContext
@@ -89,6 +90,19 @@ def gated(
     return run
 
 
+def _replacing(item: Outgoing, letter: DeadLetter) -> Outgoing:
+    """The dead letter that replaces ``item``, with a ``Nats-Msg-Id`` so a replay after a
+    crash is dropped by the DLQ stream: ``q:`` + the id of the record it replaces (the
+    record is the same on replay: positions are ``pos:...``), else ``q:`` + a digest of
+    the dead letter's subject and bytes (a dead letter of an ``Outgoing`` has no clock in
+    it, so a replay repeats it byte for byte). As the orders flow names its own."""
+    subject, data = f"dlq.{letter.stage}", _encode(letter)
+    msg_id = item.headers.get(MSG_ID_HEADER) if item.headers else None
+    return Outgoing(
+        subject, data, {MSG_ID_HEADER: "q:" + (msg_id or content_msg_id(subject, data))}
+    )
+
+
 class Route(msgspec.Struct, frozen=True):
     """Outgoing subjects starting with ``prefix`` carry records of ``stage`` as JSON."""
 
@@ -100,7 +114,8 @@ class Route(msgspec.Struct, frozen=True):
 
 
 class OutgoingGate:
-    """Judge the records a flow publishes, by subject, with one tap per stage."""
+    """Judge the records a flow publishes, by subject, with one tap per stage. A failing
+    record is replaced by its dead letter, named after it (``q:<its Nats-Msg-Id>``)."""
 
     def __init__(self, quality: Quality, routes: Sequence[Route]) -> None:
         self._routes = [(r, quality.tap(r.stage)) for r in routes if quality.enabled(r.stage)]
@@ -131,7 +146,7 @@ class OutgoingGate:
                 touched.add(i)
                 with tap.lock:
                     letter = tap.judge(item, record)
-                out.append(dead_letter_out(letter) if letter is not None else item)
+                out.append(item if letter is None else _replacing(item, letter))
                 break
             else:
                 out.append(item)

@@ -383,19 +383,49 @@ class _OrderRule:
         return None
 
 
-class _OrderState:
-    __slots__ = ("cum_qty", "seq", "terminal", "ts_event")
+#: Events stamped with the venue's clock: the ``ts_event`` of the venue's execution report
+#: (``operators/orders.py``). An order lives at one venue, so these times are comparable
+#: with each other, and with nothing else. Other events: see :class:`_OrderEventRule`.
+_VENUE_CLOCK = frozenset(
+    {"ACCEPTED", "PARTIALLY_FILLED", "FILLED", "CANCELED", "REPLACED", "REJECTED"}
+)
+#: A cancel or replace refused; on a finished order it repeats the finished state.
+_REFUSALS = frozenset({"CANCEL_REJECTED", "REPLACE_REJECTED"})
+#: A fill the venue executed after the order was canceled or expired (the two crossed).
+_LATE_FILL = "LATE_FILLED"
+_LATE_FILL_STATES = frozenset({OrderStatus.CANCELED, OrderStatus.EXPIRED})
 
-    def __init__(self, seq: int, cum_qty: Decimal, ts_event: int, terminal: bool) -> None:
-        self.seq = seq
-        self.cum_qty = cum_qty
-        self.ts_event = ts_event
-        self.terminal = terminal
+
+class _OrderState:
+    __slots__ = ("cum_qty", "leaves_qty", "seq", "status", "terminal", "venue_ts")
+
+    def __init__(self, e: OrderEvent) -> None:
+        self.seq = e.seq
+        self.cum_qty = e.cum_qty
+        self.leaves_qty = e.leaves_qty
+        self.status = e.status
+        self.terminal = e.status in _TERMINAL
+        self.venue_ts = e.ts_event if e.event in _VENUE_CLOCK else 0
 
 
 class _OrderEventRule:
-    """Order events: consistent quantities, and per order a sequence, cumulative quantity and
-    event time that never go backwards, and nothing after a terminal state."""
+    """Order events: consistent quantities, and per order a sequence and cumulative quantity
+    that never go backwards, and nothing after a terminal state but a late fill or a refused
+    cancel/replace.
+
+    Order: ``seq`` (the order manager numbers each order's events) is the order check.
+    ``ts_event`` comes from several clocks: request-side events (SUBMITTED, DENIED,
+    CANCEL_REQUESTED, REPLACE_REQUESTED) carry the requester's ``ts_submit`` (its own clock,
+    or the stream's store time when unstamped); venue reports (:data:`_VENUE_CLOCK`) the
+    venue's; CANCEL_REJECTED/REPLACE_REJECTED and EXPIRED either (refused or expired by
+    us, or by the venue). A cancel stamped by the client can legitimately precede the
+    venue's ACCEPTED, so event time is compared only between venue reports of one order.
+    LATE_FILLED is not compared either: it crossed the cancel or expiry before it.
+
+    After a terminal state: LATE_FILLED on a CANCELED/EXPIRED order that stays so with more
+    filled and nothing left; CANCEL_REJECTED/REPLACE_REJECTED that change neither status,
+    cum_qty nor leaves_qty (a cancel racing a fill). Anything else is EVENT_AFTER_TERMINAL.
+    """
 
     stage = "order_events"
 
@@ -437,25 +467,50 @@ class _OrderEventRule:
         if e.ts_event <= 0:
             return Reason.INVALID_TIMESTAMP
         state = self._orders.get(e.order_id)
-        if state is not None:
-            if state.terminal:
-                return Reason.EVENT_AFTER_TERMINAL
-            if e.seq and e.seq <= state.seq:
-                return Reason.OUT_OF_ORDER
-            if e.ts_event < state.ts_event:
-                return Reason.OUT_OF_ORDER
-            if e.cum_qty < state.cum_qty:
-                return Reason.CUM_QTY_DECREASED
-            state.seq, state.cum_qty, state.ts_event = e.seq, e.cum_qty, e.ts_event
-            state.terminal = e.status in _TERMINAL
-            self._orders.move_to_end(e.order_id)
-        else:
-            self._orders[e.order_id] = _OrderState(
-                e.seq, e.cum_qty, e.ts_event, e.status in _TERMINAL
-            )
+        if state is None:
+            self._orders[e.order_id] = _OrderState(e)
             if len(self._orders) > self._max:
                 self._orders.popitem(last=False)
+            return None
+        if e.seq and e.seq <= state.seq:
+            return Reason.OUT_OF_ORDER
+        venue = e.event in _VENUE_CLOCK
+        if state.terminal:
+            bad = _after_terminal(e, state)
+            if bad:
+                return bad
+        else:
+            if e.cum_qty < state.cum_qty:
+                return Reason.CUM_QTY_DECREASED
+            if venue and e.ts_event < state.venue_ts:
+                return Reason.OUT_OF_ORDER
+        if e.seq:
+            state.seq = e.seq
+        if venue:
+            state.venue_ts = e.ts_event
+        state.cum_qty, state.leaves_qty, state.status = e.cum_qty, e.leaves_qty, e.status
+        state.terminal = e.status in _TERMINAL
+        self._orders.move_to_end(e.order_id)
         return None
+
+
+def _after_terminal(e: OrderEvent, state: _OrderState) -> str | None:
+    """None for the two events a finished order may still have, else the reason."""
+    if e.event in _REFUSALS:
+        if e.cum_qty < state.cum_qty:
+            return Reason.CUM_QTY_DECREASED
+        if (
+            e.status == state.status
+            and e.cum_qty == state.cum_qty
+            and e.leaves_qty == state.leaves_qty
+        ):
+            return None
+    elif e.event == _LATE_FILL and state.status in _LATE_FILL_STATES:
+        if e.cum_qty < state.cum_qty:
+            return Reason.CUM_QTY_DECREASED
+        if e.status == state.status and e.cum_qty > state.cum_qty and e.leaves_qty == 0:
+            return None
+    return Reason.EVENT_AFTER_TERMINAL
 
 
 class _FillRule:

@@ -443,7 +443,7 @@ def test_quality_gate_dead_letters_a_bad_fill_and_passes_the_rest(own_nats_serve
     }
     assert {s: (c.records_in, c.out, c.dead_lettered) for s, c in judged.items()} == {
         "orders": (1, 1, 0),
-        "order_events": (5, 4, 1),
+        "order_events": (6, 5, 1),
         "fills": (2, 1, 1),
     }
     count = run.accounting.stage(STAGE)

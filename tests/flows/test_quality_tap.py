@@ -132,3 +132,40 @@ def test_outgoing_gate_judges_by_subject_and_passes_the_rest():
     assert (letter.reason, letter.payload) == ("UNKNOWN_INSTRUMENT", items[2].data)
     c = q.accounting.stage("quality.positions")
     assert (c.records_in, c.out, c.dead_lettered) == (2, 1, 1)
+
+
+def test_outgoing_gate_names_its_dead_letters_after_the_records_they_replace() -> None:
+    """A replay after a crash publishes the same dead letter again: it carries a
+    ``Nats-Msg-Id`` (``q:`` + the replaced record's id, else a digest of its own subject and
+    bytes), so the DLQ stream drops the second copy."""
+    from decimal import Decimal
+
+    from trade2026.orderclient import content_msg_id
+
+    d = Decimal
+    bad = Position("acct-1", "NOPE.NOWHERE", d(1), d(100), d(0), d(0), d(101), d(0), 6)
+    data = msgspec.json.encode(bad)
+    named = Outgoing("positions.acct-1", data, {"Nats-Msg-Id": "pos:acct-1:NOPE.NOWHERE:6"})
+    anonymous = Outgoing("positions.acct-1", data)
+
+    def gate_once(item: Outgoing) -> Outgoing:  # a fresh gate: a restarted process
+        q = Quality(QualityConfig(), load_instruments(), clock=time.time_ns)
+        gate = OutgoingGate(
+            q, [Route("positions.", "positions", msgspec.json.Decoder(Position).decode)]
+        )
+        (out,) = gate([item])
+        return out
+
+    first = gate_once(named)
+    assert first.subject == "dlq.positions"
+    assert first.headers == {"Nats-Msg-Id": "q:pos:acct-1:NOPE.NOWHERE:6"}
+    assert msgspec.json.decode(first.data, type=DeadLetter).payload == data
+    assert gate_once(named) == first  # the replay: same subject, bytes and id
+
+    plain = gate_once(anonymous)
+    assert plain.data == first.data
+    assert plain.headers == {"Nats-Msg-Id": "q:" + content_msg_id("dlq.positions", plain.data)}
+    assert gate_once(anonymous).headers == plain.headers
+    # A passing record is published as it came.
+    good = Outgoing("positions.acct-1", data.replace(b"NOPE.NOWHERE", b"BTCUSDT.BINANCE"), {})
+    assert gate_once(good) is good

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from decimal import Decimal
 
 import msgspec
@@ -280,6 +281,259 @@ def test_order_events_lifecycle():
         == Reason.QUANTITY_MISMATCH
     )
     assert rule.check(event(order_id="o4", avg_px=D("0"))) == Reason.INVALID_PRICE
+
+
+# One order of quantity 2 through the order manager's events (operators/orders.py). Times:
+# request-side events carry the client's clock (CLIENT + n seconds), venue reports the
+# venue's (VENUE + n seconds); here the venue's clock runs 10 s ahead of the client's.
+CLIENT, VENUE = T, T + 10 * S
+_ST = OrderStatus
+_OPEN = dict(cum_qty=D("0"), leaves_qty=D("2"))
+_HALF = dict(cum_qty=D("1"), leaves_qty=D("1"), avg_px=D("60000"))
+_DONE = dict(cum_qty=D("2"), leaves_qty=D("0"), avg_px=D("60000"))
+_FILL = dict(last_qty=D("1"), last_px=D("60000"))
+_NONE = dict(cum_qty=D(0), leaves_qty=D(0))  # canceled before any fill
+_KEPT = _HALF | {"leaves_qty": D(0)}  # canceled or expired with 1 filled
+
+
+def ev(name: str, status: OrderStatus, seq: int, ts: int, qty: dict = _OPEN, **kw: object) -> dict:
+    return dict(event=name, status=status, seq=seq, ts_event=ts) | qty | kw
+
+
+SUBMITTED = ev("SUBMITTED", _ST.PENDING_NEW, 1, CLIENT)
+ACCEPTED = ev("ACCEPTED", _ST.ACCEPTED, 2, VENUE)
+HALF = ev("PARTIALLY_FILLED", _ST.PARTIALLY_FILLED, 3, VENUE + S, _HALF, **_FILL)
+FILLED = ev("FILLED", _ST.FILLED, 4, VENUE + 2 * S, _DONE, **_FILL)
+CANCELED = ev("CANCELED", _ST.CANCELED, 3, VENUE + 2 * S, _NONE)
+CANCELED_HALF = ev("CANCELED", _ST.CANCELED, 4, VENUE + 2 * S, _KEPT)
+LIVE = [SUBMITTED, ACCEPTED]
+SEQ_ONLY = (Reason.OUT_OF_ORDER, None)
+DONE = [SUBMITTED, ACCEPTED, HALF, FILLED]
+
+
+@pytest.mark.parametrize(
+    ("history", "last", "reason"),
+    [
+        # ts_event is compared only between venue reports: a request stamped by the client
+        # before the venue's ACCEPTED is in order (the soak run's false OUT_OF_ORDER).
+        (LIVE, ev("CANCEL_REQUESTED", _ST.PENDING_CANCEL, 3, CLIENT + S), None),
+        (LIVE, ev("REPLACE_REQUESTED", _ST.PENDING_REPLACE, 3, CLIENT + S), None),
+        (  # ... and the venue's answer to it, back on the venue's clock
+            [*LIVE, ev("CANCEL_REQUESTED", _ST.PENDING_CANCEL, 3, CLIENT + S)],
+            ev("CANCELED", _ST.CANCELED, 4, VENUE + S, dict(cum_qty=D(0), leaves_qty=D(0))),
+            None,
+        ),
+        (  # a fill while the cancel is pending keeps PENDING_CANCEL (FIX B.1.b)
+            [*LIVE, ev("CANCEL_REQUESTED", _ST.PENDING_CANCEL, 3, CLIENT + S)],
+            ev("PARTIALLY_FILLED", _ST.PENDING_CANCEL, 4, VENUE + S, _HALF, **_FILL),
+            None,
+        ),
+        (  # the venue's clock behind the client's: ACCEPTED before SUBMITTED
+            [ev("SUBMITTED", _ST.PENDING_NEW, 1, VENUE + 5 * S)],
+            ev("ACCEPTED", _ST.ACCEPTED, 2, VENUE),
+            None,
+        ),
+        (  # a risk-refused cancel: the request's time, before the venue's reports
+            LIVE,
+            ev("CANCEL_REJECTED", _ST.ACCEPTED, 3, CLIENT + S, reason="HALTED"),
+            None,
+        ),
+        (  # our own expiry at expire_time, before the venue's last fill time
+            [*LIVE, HALF],
+            ev("EXPIRED", _ST.EXPIRED, 4, VENUE, _KEPT),
+            None,
+        ),
+        # A cancel/replace refused on a finished order repeats its state (FIX B.1.c).
+        (DONE, ev("CANCEL_REJECTED", _ST.FILLED, 5, CLIENT + S, _DONE), None),
+        (DONE, ev("REPLACE_REJECTED", _ST.FILLED, 5, VENUE + 3 * S, _DONE), None),
+        (
+            [*DONE, ev("CANCEL_REJECTED", _ST.FILLED, 5, CLIENT + S, _DONE)],
+            ev("REPLACE_REJECTED", _ST.FILLED, 6, CLIENT + 2 * S, _DONE),
+            None,
+        ),
+        ([*LIVE, CANCELED], ev("CANCEL_REJECTED", _ST.CANCELED, 4, CLIENT, _NONE), None),
+        # A late fill after CANCELED/EXPIRED (it crossed the cancel: its time may be earlier).
+        (
+            [*LIVE, CANCELED],
+            ev("LATE_FILLED", _ST.CANCELED, 4, VENUE + S, _KEPT, **_FILL),
+            None,
+        ),
+        (
+            [*LIVE, HALF, ev("EXPIRED", _ST.EXPIRED, 4, CLIENT, _KEPT)],
+            ev("LATE_FILLED", _ST.EXPIRED, 5, VENUE + 3 * S, _DONE, **_FILL),
+            None,
+        ),
+        # Still refused: a sequence number that goes back (a replay, or events reordered;
+        # without a seq only what else is wrong with them is).
+        (LIVE, ev("CANCEL_REQUESTED", _ST.PENDING_CANCEL, 2, CLIENT + S), SEQ_ONLY),
+        (
+            [*LIVE, HALF],
+            ev("ACCEPTED", _ST.ACCEPTED, 2, VENUE),
+            (Reason.OUT_OF_ORDER, Reason.CUM_QTY_DECREASED),
+        ),
+        (DONE, FILLED, (Reason.OUT_OF_ORDER, Reason.EVENT_AFTER_TERMINAL)),  # replayed
+        (
+            [*DONE, ev("CANCEL_REJECTED", _ST.FILLED, 5, CLIENT + S, _DONE)],
+            ev("REPLACE_REJECTED", _ST.FILLED, 5, CLIENT + 2 * S, _DONE),
+            SEQ_ONLY,  # the passing refusal advanced the sequence
+        ),
+        # ... the venue's own clock going back between its reports of one order.
+        ([*LIVE, HALF], ev("FILLED", _ST.FILLED, 4, VENUE, _DONE, **_FILL), Reason.OUT_OF_ORDER),
+        # ... cum_qty going down, whoever stamped the event.
+        (
+            [*LIVE, HALF],
+            ev("PARTIALLY_FILLED", _ST.PARTIALLY_FILLED, 4, VENUE + 2 * S, _OPEN, **_FILL),
+            Reason.CUM_QTY_DECREASED,
+        ),
+        (
+            [*LIVE, HALF],
+            ev("CANCEL_REQUESTED", _ST.PENDING_CANCEL, 4, CLIENT, _OPEN),
+            Reason.CUM_QTY_DECREASED,
+        ),
+        (
+            [*LIVE, CANCELED_HALF],
+            ev("CANCEL_REJECTED", _ST.CANCELED, 5, CLIENT, _NONE),
+            Reason.CUM_QTY_DECREASED,
+        ),
+        # ... anything else after a terminal state.
+        (DONE, ev("CANCELED", _ST.CANCELED, 5, VENUE + 3 * S, _DONE), Reason.EVENT_AFTER_TERMINAL),
+        ([*LIVE, CANCELED], FILLED | {"seq": 4}, Reason.EVENT_AFTER_TERMINAL),
+        (  # a refusal that reopens the finished order, or changes its quantities
+            [*LIVE, CANCELED],
+            ev("CANCEL_REJECTED", _ST.ACCEPTED, 4, CLIENT, _NONE),
+            Reason.EVENT_AFTER_TERMINAL,
+        ),
+        (
+            [*LIVE, CANCELED],
+            ev("REPLACE_REJECTED", _ST.CANCELED, 4, CLIENT, _OPEN),
+            Reason.EVENT_AFTER_TERMINAL,
+        ),
+        (
+            [*LIVE, CANCELED],
+            ev("REPLACE_REJECTED", _ST.CANCELED, 4, CLIENT, _KEPT),
+            Reason.EVENT_AFTER_TERMINAL,
+        ),
+        (  # a late fill on a FILLED order, one that changes the status, one that adds nothing
+            DONE,
+            ev("LATE_FILLED", _ST.FILLED, 5, VENUE + 3 * S, _DONE, **_FILL),
+            Reason.EVENT_AFTER_TERMINAL,
+        ),
+        (
+            [*LIVE, CANCELED],
+            ev("LATE_FILLED", _ST.FILLED, 4, VENUE + 3 * S, _DONE, **_FILL),
+            Reason.EVENT_AFTER_TERMINAL,
+        ),
+        (
+            [*LIVE, CANCELED_HALF],
+            ev("LATE_FILLED", _ST.CANCELED, 5, VENUE + 3 * S, _KEPT, **_FILL),
+            Reason.EVENT_AFTER_TERMINAL,
+        ),
+        (
+            [*LIVE, CANCELED_HALF],
+            ev("LATE_FILLED", _ST.CANCELED, 5, VENUE + 3 * S, _NONE, **_FILL),
+            Reason.CUM_QTY_DECREASED,
+        ),
+    ],
+)
+def test_order_event_order(history: list[dict], last: dict, reason: object) -> None:
+    """Per-order order checks: seq and cum_qty never go back, ts_event is compared only
+    between the venue's reports, and after a terminal state only a late fill or a refusal
+    that changes nothing. Each case: the history passes, then ``last`` gets ``reason``
+    (a pair: with and without ``seq`` on the events)."""
+    with_seq, without_seq = reason if isinstance(reason, tuple) else (reason, reason)
+    for no_seq, expected in ((None, with_seq), ({"seq": 0}, without_seq)):
+        rule = build_rule("order_events", KNOWN)
+        for kw in history:
+            assert rule.check(event(**(kw | (no_seq or {})))) is None, kw["event"]
+        assert rule.check(event(**(last | (no_seq or {})))) == expected, no_seq
+
+
+def test_refused_order_events_do_not_advance_the_order_state() -> None:
+    rule = build_rule("order_events", KNOWN)
+    for kw in [*LIVE, HALF]:
+        assert rule.check(event(**kw)) is None
+    bad = ev("CANCEL_REQUESTED", _ST.PENDING_CANCEL, 4, CLIENT, _OPEN)
+    assert rule.check(event(**bad)) == Reason.CUM_QTY_DECREASED
+    assert rule.check(event(**(bad | _HALF))) is None  # seq 4 and cum 1 still expected
+    assert rule.check(event(**(FILLED | {"seq": 5}))) is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_event_the_order_manager_makes_passes(seed: int) -> None:
+    """The only producer of order events, driven at random (submits, denials, cancels,
+    replaces, expiry on either clock, every kind of venue report, late fills, crossed
+    refusals), the client's and the venue's clocks each monotonic but apart by up to 5 s:
+    the rule refuses none of its events. (Before, it refused requests stamped before the
+    venue's reports, and refusals and late fills after a terminal state.)"""
+    from operators.orders import OrderManager
+    from schemas.orders import (
+        CancelOrder,
+        ExecType,
+        ExecutionReport,
+        ReplaceOrder,
+        RiskAction,
+        RiskDecision,
+        SubmitOrder,
+    )
+
+    rnd = random.Random(seed)
+    mgr = OrderManager("A", max_terminal=50)
+    rule = build_rule("order_events", KNOWN)
+    client, venue = T, T + rnd.randint(-5, 5) * S
+    cids: list[str] = []
+    checked = 0
+    for step in range(2000):
+        client += rnd.randint(0, 2 * S)
+        venue += rnd.randint(0, 2 * S)
+        r = rnd.random()
+        if r < 0.15 or not cids:
+            cid = f"c{step}"
+            cids.append(cid)
+            gtd = rnd.random() < 0.5
+            submit = SubmitOrder(
+                client_order_id=cid,
+                account_id="A",
+                instrument_id=BTC,
+                side=Side.BUY,
+                order_type=OrderType.LIMIT,
+                quantity=D(rnd.choice("123")),
+                price=D("60000"),
+                time_in_force=TimeInForce.GTD if gtd else TimeInForce.GTC,
+                expire_time=client + rnd.randint(1, 20) * S if gtd else None,
+                ts_submit=client,
+            )
+            ok = rnd.random() > 0.1
+            decision = RiskDecision(
+                "A", cid, RiskAction.SUBMIT, ok, "APPROVED" if ok else "DENY", "", "", "", client
+            )
+            outs = mgr.on_submit(submit, decision)
+        else:
+            cid = rnd.choice(cids[-20:])
+            if r < 0.3:
+                outs = mgr.on_cancel(CancelOrder("A", cid, ts_submit=client))
+            elif r < 0.4:
+                qty = D(rnd.choice("124"))
+                outs = mgr.on_replace(ReplaceOrder("A", cid, quantity=qty, ts_submit=client))
+            elif r < 0.45:
+                outs = mgr.on_time(rnd.choice((client, venue)))
+            else:
+                kind = rnd.choice([*ExecType, ExecType.TRADE])
+                trade = kind is ExecType.TRADE
+                report = ExecutionReport(
+                    "SIM",
+                    f"e{step}",
+                    kind,
+                    venue,
+                    client_order_id=cid,
+                    last_qty=D(1) if trade else None,
+                    last_px=D("60000") if trade else None,
+                )
+                outs = mgr.on_execution_report(report)
+        for out in outs:
+            if isinstance(out, OrderEvent):
+                checked += 1
+                assert rule.check(out) is None, out
+    assert checked > 1000
 
 
 def test_order_event_memory_is_bounded():

@@ -166,7 +166,9 @@ class _CoreSinkPartition(_SinkPartition, StatelessSinkPartition[Outgoing]):
             # flush only vouches for the connection it runs on. So a batch that saw a
             # reconnect is published again (receivers de-duplicate on Nats-Msg-Id) until
             # one connection carried all of it and answered the flush.
-            reconnects = self.stats.reconnects
+            # nats-py counts a reconnect before it reports connected again (our callback
+            # runs later), so its own counter tells whether this batch's connection died.
+            reconnects = nc.stats["reconnects"]
             for item in items:
                 await publish(item.subject, item.data, headers=item.headers)
             await self._wait_connected(deadline)
@@ -176,7 +178,7 @@ class _CoreSinkPartition(_SinkPartition, StatelessSinkPartition[Outgoing]):
                 if time.monotonic() > deadline:
                     raise
                 continue
-            if self.stats.reconnects == reconnects:
+            if nc.stats["reconnects"] == reconnects:
                 break
             self.stats.retried += len(items)
         self.stats.published += len(items)

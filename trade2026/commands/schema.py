@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import click
@@ -46,6 +47,11 @@ def export(names: list[str] | None = None) -> dict[str, object]:
     types = contract_types()
     chosen = [types[n] for n in (names or sorted(types))]
     schemas, components = msgspec.json.schema_components(chosen)
+    # msgspec 0.23 started passing docstrings through inspect.cleandoc; do it here too so
+    # the published contract is the same whichever msgspec version is installed.
+    for component in components.values():
+        if isinstance(component.get("description"), str):
+            component["description"] = inspect.cleandoc(component["description"])
     return {"schemas": dict(zip(names or sorted(types), schemas, strict=True)), "$defs": components}
 
 

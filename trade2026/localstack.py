@@ -24,6 +24,12 @@ def wait_until(cond: Callable[[], object], timeout_s: float = 20.0, poll_s: floa
     return bool(cond())
 
 
+def _subscribed(group: object) -> bool:
+    """Every source of a :class:`~trade2026.orderclient.SourceGroup` has subscribed."""
+    sources = getattr(group, "sources", ())
+    return bool(sources) and all(dict(s.stats) for s in sources)
+
+
 class LocalStack:
     """normalize (core NATS), orders, venue, portfolio (and store) flows in daemon threads."""
 
@@ -66,7 +72,11 @@ class LocalStack:
             self._run("orders", orders.production_flow(self.ctx))
             self._run("venue", venue_flow)
             self._run("portfolio", pf_flow)
-            listening += [lambda: len(venue_src.stats) == 2, lambda: len(pf_src.stats) == 2]
+            # Each source of a group listens once one partition of it subscribed. The
+            # venue's one source (VENUE_IN, commands and ticks in one stream) shows two
+            # stats entries (``carries``) for its one partition, so counting entries
+            # against a number of "partitions" would say nothing more.
+            listening += [lambda: _subscribed(venue_src), lambda: _subscribed(pf_src)]
             if self.store_root is not None:
                 from flows.store import SUBJECTS, build_store
 

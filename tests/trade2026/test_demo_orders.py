@@ -44,7 +44,8 @@ def test_scripted_orders_fill_deny_cancel_and_move_positions(own_nats_server) ->
     stack = LocalStack(RunContext(nats=config, accounting=acct, idle_timeout_s=4.0)).start()
 
     lines = list(merge_recorded([str(f) for f in sample_files()]))
-    result = run_order_scenario(own_nats_server.url, lines)
+    # With the flows' accounting, each step waits until the orders flow took the ticks.
+    result = run_order_scenario(own_nats_server.url, lines, accounting=acct)
     stack.join(timeout_s=30)
     stack.check()
     print_result(result)

@@ -152,7 +152,10 @@ def _run(url: str, files: list[Path], speed: float | None, quiet: bool) -> int:
         ) as progress:
             task = progress.add_task("replaying market data and orders", total=len(lines))
             result = run_order_scenario(
-                url, lines, progress=lambda n: progress.update(task, completed=n)
+                url,
+                lines,
+                accounting=acct,
+                progress=lambda n: progress.update(task, completed=n),
             )
 
             async def send_extra() -> None:

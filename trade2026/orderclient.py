@@ -106,7 +106,7 @@ _PIPELINE_STREAMS = ("MD", "DLQ")
 MAX_AGE_ENV = "TRADE2026_STREAM_MAX_AGE_S"
 MAX_BYTES_ENV = "TRADE2026_STREAM_MAX_BYTES"
 _DEFAULT_MAX_AGE_S = 7 * 86_400.0
-_DEFAULT_MAX_BYTES = 8 * 1024**3
+_DEFAULT_MAX_BYTES = 0
 
 
 class StreamLimits(msgspec.Struct, frozen=True):
@@ -114,11 +114,14 @@ class StreamLimits(msgspec.Struct, frozen=True):
 
     The bound is what a flow may be down for and still catch up: a consumer that was
     away longer than ``max_age_s``, or while more than ``max_bytes`` was published,
-    finds the oldest part gone. Seven days and 8 GiB cover a weekend's outage at the
-    soak's load (2,000 orders/s, ~1 KB of events, reports and fills per order fills
-    8 GiB in about an hour on ``ORDER_EVENTS``, so raise it for a sustained load).
-    0 means unlimited. Only applied when a stream is created; ``MD`` and ``DLQ`` are
-    the pipeline's and keep its settings.
+    finds the oldest part gone. Seven days cover a weekend's outage. ``max_bytes``
+    defaults to 0 (unlimited): nats-server *reserves* a file-backed stream's
+    ``max_bytes`` up front against its JetStream store limit (75 % of the free disk by
+    default), so the seven order-path streams at 8 GiB each were refused with
+    "insufficient storage resources" on a machine with 74 GB free. Set it where the
+    store is sized for it (at the soak's 2,000 orders/s ``ORDER_EVENTS`` grows ~2 MB/s).
+    Only applied when a stream is created; ``MD`` and ``DLQ`` are the pipeline's and
+    keep its settings.
     """
 
     max_age_s: float = _DEFAULT_MAX_AGE_S

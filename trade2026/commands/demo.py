@@ -48,9 +48,10 @@ _RESENT_TRADES = 3
 @click.option(
     "--nats-url",
     envvar="NATS_URL",
-    default="nats://127.0.0.1:4222",
-    show_default=True,
-    help="Use this NATS if it answers; otherwise start a local one (env NATS_URL).",
+    default=None,
+    help="Use this NATS server (env NATS_URL); by default the demo starts its own, with a "
+    "fresh JetStream store, so streams and de-duplication windows left by earlier runs "
+    "cannot change the result.",
 )
 @click.option(
     "--speed",
@@ -60,18 +61,26 @@ _RESENT_TRADES = 3
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-def demo_command(nats_url: str, speed: str, quiet: bool, paths: tuple[Path, ...]) -> None:
+def demo_command(nats_url: str | None, speed: str, quiet: bool, paths: tuple[Path, ...]) -> None:
     """Replay the bundled recordings through NATS and the normalize flow; print the accounting.
 
     PATHS default to the sample recordings shipped in data/binance.
     """
-    from trade2026.natsserver import NatsServerError, ensure_nats
+    from trade2026.natsserver import LocalNatsServer, NatsServerError, ensure_nats
     from trade2026.sample import sample_files
 
     files = list(paths) or sample_files()
     pace = None if speed == "max" else float(speed)
+    server: LocalNatsServer | None
     try:
-        url, server = ensure_nats(nats_url)
+        if nats_url is None:
+            # The order path's streams persist, and replay from their first message on a
+            # fresh start; a shared server's leftovers (an earlier demo's orders, ids
+            # inside the duplicate window) would change this run's answers.
+            server = LocalNatsServer().start()
+            url = server.url
+        else:
+            url, server = ensure_nats(nats_url)
     except NatsServerError as exc:
         click.echo(f"error: demo: {exc}", err=True)
         sys.exit(exitcodes.UNREACHABLE)

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import nats
@@ -136,3 +136,17 @@ class Runner:
     def stop(self) -> None:
         if self.running():
             self.kill9()
+
+    def wait_until(self, pred: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+        """Poll ``pred``; fail with the flow's log tail if the flow exits or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while not pred():
+            if not self.running():
+                raise AssertionError(
+                    f"flow exited before {what}; log:\n{self.log.read_text()[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out waiting for {what}; log:\n{self.log.read_text()[-3000:]}"
+                )
+            time.sleep(0.02)

@@ -108,17 +108,7 @@ def _reference() -> list[tuple[str, bytes]]:
 
 
 def _wait_until(pred: Callable[[], bool], runner: Runner, what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if not runner.running():
-            raise AssertionError(
-                f"flow exited before {what}; log:\n{runner.log.read_text()[-3000:]}"
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out waiting for {what}; log:\n{runner.log.read_text()[-3000:]}"
-            )
-        time.sleep(0.02)
+    runner.wait_until(pred, what, timeout_s)
 
 
 def _resumes(log: Path) -> list[int | None]:

@@ -29,7 +29,6 @@ import asyncio
 import functools
 import random
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -459,17 +458,7 @@ def _starts(log: Path) -> int:
 
 
 def _wait(pred: Callable[[], bool], runner: Runner, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if not runner.running():
-            raise AssertionError(
-                f"flow exited before {what}; log:\n{runner.log.read_text()[-3000:]}"
-            )
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out waiting for {what}; log:\n{runner.log.read_text()[-3000:]}"
-            )
-        time.sleep(0.02)
+    runner.wait_until(pred, what, timeout_s)
 
 
 STEPS = ("orders", "venue", "orders", "orders", "venue", "orders", "portfolio", "store")

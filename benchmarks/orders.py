@@ -656,72 +656,56 @@ def _verdicts(r: dict[str, Any]) -> dict[str, bool | None]:
     }
 
 
+def _row(label: str, lat: dict[str, Any], note: str) -> list[object]:
+    """One table row: a label, p50/p99/p99.9 of a latency summary, and a note."""
+    return [label, lat.get("p50_ms", "-"), lat.get("p99_ms", "-"), lat.get("p999_ms", "-"), note]
+
+
+def _sustained(m: dict[str, Any]) -> str:
+    return f"{m['sustained_orders_per_s']:,} orders/s ({m['answered']}/{m['sent']})"
+
+
 def _print(r: dict[str, Any]) -> None:
     rows: list[list[object]] = []
     for key, value in r.items():
         if key.startswith("ack_at_"):
-            a, s = value["ack_from_scheduled"], value["client_send_lag"]
+            lag = value["client_send_lag"].get("p99_ms", "-")
             rows.append(
-                [
+                _row(
                     f"submit->ack @ {value['offered_per_s']}/s",
-                    a.get("p50_ms", "-"),
-                    a.get("p99_ms", "-"),
-                    a.get("p999_ms", "-"),
-                    f"{value['answered']}/{value['orders']} answered, send lag p99 "
-                    f"{s.get('p99_ms', '-')} ms",
-                ]
+                    value["ack_from_scheduled"],
+                    f"{value['answered']}/{value['orders']} answered, send lag p99 {lag} ms",
+                )
             )
     if "fills" in r:
-        f = r["fills"].get("fill_from_scheduled", {})
         rows.append(
-            [
+            _row(
                 "submit->fill @ 100/s",
-                f.get("p50_ms", "-"),
-                f.get("p99_ms", "-"),
-                f.get("p999_ms", "-"),
+                r["fills"].get("fill_from_scheduled", {}),
                 f"{r['fills'].get('filled', 0)}/{r['fills']['orders']} filled "
                 "(incl. 5 ms simulated venue latency)",
-            ]
+            )
         )
     if "max_sustained" in r:
         m = r["max_sustained"]
-        lat = m["latency_in_flight"]
         rows.append(
-            [
-                f"max sustained (window {m['window']})",
-                lat.get("p50_ms", "-"),
-                lat.get("p99_ms", "-"),
-                lat.get("p999_ms", "-"),
-                f"{m['sustained_orders_per_s']:,} orders/s ({m['answered']}/{m['sent']})",
-            ]
+            _row(f"max sustained (window {m['window']})", m["latency_in_flight"], _sustained(m))
         )
     for arm_key in ("with_batch_suites", "without_quality"):
         label = arm_key.replace("_", " ")
         other = r.get(arm_key, {})
         for key, value in other.items():
             if key.startswith("ack_at_"):
-                a = value["ack_from_scheduled"]
                 rows.append(
-                    [
+                    _row(
                         f"  {label} @ {value['offered_per_s']}/s",
-                        a.get("p50_ms", "-"),
-                        a.get("p99_ms", "-"),
-                        a.get("p999_ms", "-"),
+                        value["ack_from_scheduled"],
                         f"{value['answered']}/{value['orders']} answered",
-                    ]
+                    )
                 )
         if "max_sustained" in other:
             m = other["max_sustained"]
-            lat = m["latency_in_flight"]
-            rows.append(
-                [
-                    f"  {label}, max sustained",
-                    lat.get("p50_ms", "-"),
-                    lat.get("p99_ms", "-"),
-                    lat.get("p999_ms", "-"),
-                    f"{m['sustained_orders_per_s']:,} orders/s ({m['answered']}/{m['sent']})",
-                ]
-            )
+            rows.append(_row(f"  {label}, max sustained", m["latency_in_flight"], _sustained(m)))
     print_table(
         "order path through NATS (latency in ms, from the scheduled send)",
         ["what", "p50", "p99", "p99.9", "notes"],
